@@ -1,0 +1,120 @@
+"""Pair: a fixed and a moving image with optional masks, landmarks and ground-truth motion.
+
+A registration of a pair maps FIXED world coordinates to MOVING world coordinates
+(backward warping). Landmarks are ``(N, 3)`` world mm ``(x, y, z)``; landmark ``i`` of
+the fixed set corresponds to landmark ``i`` of the moving set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .volume import Volume
+
+__all__ = ["Pair", "landmark_distances"]
+
+
+def landmark_distances(fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
+    """Per-landmark Euclidean distance in mm between two corresponding (N, 3) point sets."""
+    return np.linalg.norm(np.asarray(fixed_points) - np.asarray(moving_points), axis=1)
+
+
+@dataclass
+class Pair:
+    """One registration task.
+
+    ``ground_truth`` (optional) is the true displacement in mm on the fixed grid
+    (``(z, y, x, 3)`` vectors, components ``(x, y, z)``): ``moving_point = x + u(x)``.
+    ``meta`` carries free-form facts (e.g. ``{"label": "real anatomy, simulated motion"}``).
+    """
+
+    fixed: Volume
+    moving: Volume
+    fixed_landmarks: np.ndarray | None = None
+    moving_landmarks: np.ndarray | None = None
+    fixed_mask: Volume | None = None
+    moving_mask: Volume | None = None
+    name: str = "pair"
+    dataset: str = ""
+    ground_truth: Volume | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ValueError naming the offending file/volume for any inconsistent input."""
+        for vol in (self.fixed, self.moving):
+            vol.check_finite()
+        for mask, image in ((self.fixed_mask, self.fixed), (self.moving_mask, self.moving)):
+            if mask is None:
+                continue
+            if mask.grid.shape != image.grid.shape:
+                raise ValueError(
+                    f"{mask.name or 'mask'}: shape {mask.grid.shape} differs from its image "
+                    f"{image.name or ''} {image.grid.shape}"
+                )
+            if not np.any(mask.array):
+                raise ValueError(f"{mask.name or 'mask'}: the mask is empty (no foreground voxel)")
+        fl, ml = self.fixed_landmarks, self.moving_landmarks
+        if (fl is None) != (ml is None):
+            raise ValueError(f"{self.name}: landmarks given for only one of fixed/moving")
+        if fl is not None:
+            fl = np.asarray(fl, dtype=np.float64)
+            ml = np.asarray(ml, dtype=np.float64)
+            if fl.ndim != 2 or fl.shape[1] != 3 or ml.ndim != 2 or ml.shape[1] != 3:
+                raise ValueError(f"{self.name}: landmarks must be (N, 3) arrays, got {fl.shape} and {ml.shape}")
+            if len(fl) != len(ml):
+                raise ValueError(
+                    f"{self.name}: {len(fl)} fixed landmarks but {len(ml)} moving landmarks; they must correspond"
+                )
+            if not (np.all(np.isfinite(fl)) and np.all(np.isfinite(ml))):
+                raise ValueError(f"{self.name}: landmarks contain NaN/inf")
+            for pts, vol, which in ((fl, self.fixed, "fixed"), (ml, self.moving, "moving")):
+                inside = vol.grid.contains(pts, margin_voxels=1.0)
+                if not np.all(inside):
+                    first = int(np.flatnonzero(~inside)[0])
+                    raise ValueError(
+                        f"{self.name}: {int((~inside).sum())} {which} landmarks lie outside the {which} image "
+                        f"{vol.name or ''} (first: #{first} at {np.round(pts[first], 2).tolist()} mm)"
+                    )
+            self.fixed_landmarks, self.moving_landmarks = fl, ml
+
+    # ------------------------------------------------------------- utilities
+    @property
+    def has_landmarks(self) -> bool:
+        return self.fixed_landmarks is not None
+
+    def initial_distances(self) -> np.ndarray:
+        """Per-landmark distance in mm before registration (identity transform)."""
+        if not self.has_landmarks:
+            raise ValueError(f"{self.name}: no landmarks")
+        return landmark_distances(self.fixed_landmarks, self.moving_landmarks)
+
+    def replace(self, **changes: Any) -> "Pair":
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+    def summary(self) -> dict[str, Any]:
+        """One row for a summary table: shapes, spacing, landmark count and initial distances (mm)."""
+        row: dict[str, Any] = {
+            "name": self.name,
+            "dataset": self.dataset,
+            "fixed_shape": self.fixed.grid.shape,
+            "moving_shape": self.moving.grid.shape,
+            "spacing_mm": tuple(round(s, 3) for s in self.fixed.grid.spacing),
+            "landmarks": 0 if not self.has_landmarks else len(self.fixed_landmarks),
+        }
+        if self.has_landmarks:
+            d = self.initial_distances()
+            row["initial_mean_mm"] = float(d.mean())
+            row["initial_max_mm"] = float(d.max())
+        return row
+
+    def __repr__(self) -> str:
+        n = 0 if not self.has_landmarks else len(self.fixed_landmarks)
+        return f"Pair({self.name!r}, dataset={self.dataset!r}, fixed={self.fixed.grid.shape}, moving={self.moving.grid.shape}, landmarks={n})"

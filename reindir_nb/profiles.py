@@ -1,0 +1,62 @@
+"""Run profiles: ``smoke`` (tests, seconds), ``demo`` (CPU laptop, minutes), ``paper`` (GPU,
+the paper's Appendix A settings). Every notebook and entry point takes a profile name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["Profile", "PROFILES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and budgets of one run profile (mm, voxels, steps)."""
+
+    name: str
+    spacing_mm: float                 # isotropic spacing that ``prepare`` resamples to
+    patch_size: tuple[int, int, int]  # (z, y, x) voxels that ``prepare`` crops/pads to
+    cohort_size: int                  # phantom pairs per style
+    points_per_step: int              # test-time INR batch (paper: 10000)
+    iterations: int                   # default test-time iterations for ``register``
+    record_every: int                 # history/snapshot interval of ``register``
+    inner_steps: int                  # meta-training inner SGD steps (paper: 10)
+    inner_points: int                 # meta-training INR batch (paper: 5000)
+    outer_steps: int                  # meta-training outer iterations (paper: 22750)
+    encoder_width: int                # LKU-Net start width (paper: 6)
+    embedding_length: int             # paper: 1025
+    seeds: int                        # evaluation seeds (paper: 10)
+    folds: int                        # cross-validation folds (paper: 5)
+    eval_iterations: tuple[int, ...]  # iteration counts recorded by sweeps
+
+    def with_(self, **changes) -> "Profile":
+        """A copy with some fields changed (e.g. ``profile.with_(outer_steps=50)``)."""
+        return replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", spacing_mm=8.0, patch_size=(32, 32, 32), cohort_size=4, points_per_step=2000,
+        iterations=20, record_every=5, inner_steps=3, inner_points=1000, outer_steps=3,
+        encoder_width=2, embedding_length=65, seeds=2, folds=2, eval_iterations=(0, 5, 10),
+    ),
+    "demo": Profile(
+        name="demo", spacing_mm=4.0, patch_size=(64, 64, 64), cohort_size=20, points_per_step=10000,
+        iterations=250, record_every=25, inner_steps=10, inner_points=5000, outer_steps=300,
+        encoder_width=6, embedding_length=1025, seeds=5, folds=5, eval_iterations=(0, 25, 100),
+    ),
+    "paper": Profile(
+        name="paper", spacing_mm=1.0, patch_size=(336, 288, 366), cohort_size=100, points_per_step=10000,
+        iterations=2500, record_every=25, inner_steps=10, inner_points=5000, outer_steps=22750,
+        encoder_width=6, embedding_length=1025, seeds=10, folds=5, eval_iterations=(0, 25, 100, 250),
+    ),
+}
+
+
+def get_profile(profile: "str | Profile") -> Profile:
+    """Look up a profile by name (``smoke``, ``demo``, ``paper``) or pass one through."""
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[str(profile)]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}") from None
