@@ -74,12 +74,19 @@ class ThoraxFrame:
 
     @classmethod
     def from_mask(cls, mask: Volume) -> "ThoraxFrame":
-        """Frame from a lung mask: its bounding box in mm (apex = highest, diaphragm = lowest lung voxel)."""
+        """Frame from a lung mask: its bounding box in mm (apex = highest, diaphragm = lowest lung
+        point). Points are first binned by world height in 2 mm bins, and only heights whose bin holds
+        at least 5% of the fullest one count for the apex and base (drops the trachea and strays)."""
         idx = np.argwhere(np.asarray(mask.array) > 0)
         if idx.size == 0:
             raise ValueError(f"{mask.name or 'mask'}: empty lung mask, cannot place the breathing motion")
         world = mask.grid.index_to_world(idx[:, ::-1].astype(np.float64))
         lo, hi = world.min(axis=0), world.max(axis=0)
+        bins = np.floor((world[:, 2] - lo[2]) / 2.0).astype(np.int64)
+        counts = np.bincount(bins)
+        full = np.flatnonzero(counts >= 0.05 * counts.max())
+        z = world[:, 2][np.isin(bins, full)]
+        lo[2], hi[2] = z.min(), z.max()
         return cls(
             centre_x_mm=float((lo[0] + hi[0]) / 2),
             centre_y_mm=float((lo[1] + hi[1]) / 2),
