@@ -45,6 +45,7 @@ __all__ = [
     "pick_best_median_worst",
     "best_median_worst",
     "runtime_table",
+    "paper_figures",
 ]
 
 METHOD_COLOURS: dict[str, str] = {
@@ -393,6 +394,91 @@ def best_median_worst(
     fig.tight_layout()
     save_figure(fig, folder, name or f"figure_bmw_{dataset}")
     return fig
+
+
+# ------------------------------------------------------- all figures at once
+def _dataset_like(datasets: Sequence[str], word: str) -> str | None:
+    hits = [d for d in datasets if word in d.lower()]
+    return hits[0] if hits else None
+
+
+def paper_figures(
+    table: pd.DataFrame,
+    pairs: Mapping[str, Pair],
+    results_path: str | os.PathLike,
+    folder: str | os.PathLike,
+    table_bend: pd.DataFrame | None = None,
+    methods: Sequence[str] = ("ccIDIR", "Reptile", "REINDIR"),
+    regulariser: str = "jacobian",
+) -> dict[str, list[Path]]:
+    """Regenerate every figure from a sweep table, the landmark predictions the sweep stored
+    next to ``results_path`` and the evaluated ``pairs`` (name -> Pair): Figure 3 (+ plotly),
+    4 (median REINDIR pair of the nlst-like set), 5 (failure pair, cbct-like set), 8, 9-11
+    (one per dataset) and the runtime table. Returns ``{figure name: [files]}``."""
+    from .evaluate import load_points
+
+    folder = Path(folder)
+    out: dict[str, list[Path]] = {}
+
+    def files(name: str, exts=("png", "pdf")) -> list[Path]:
+        return [folder / f"{name}.{e}" for e in exts]
+
+    fig = registration_error_curves(table, folder)
+    plt.close(fig)
+    out["figure3"] = files("figure3_registration_error")
+    for x in ("iteration", "seconds"):
+        registration_error_curves_plotly(table, folder, x=x)
+        out["figure3"].append(folder / f"figure3_registration_error_{x}.html")
+
+    zero = table[table["iteration"] == 0]
+    present = [m for m in methods if m in set(zero["method"])]
+    datasets = sorted(table["dataset"].unique())
+    main = "REINDIR" if "REINDIR" in present else present[-1]
+    seed = int(table["seed"].min())
+
+    def points_for(pname: str, iteration: int = 0, labels: Sequence[str] = present) -> dict[str, Any]:
+        d: dict[str, Any] = {"No registration": None}
+        for m in labels:
+            d[m] = load_points(results_path, pname, m, seed, regulariser, iteration)
+        return d
+
+    ds4 = _dataset_like(datasets, "nlst") or datasets[0]
+    if present:
+        p4 = pick_best_median_worst(table, ds4, main)["median"]
+        fig = zero_shot_comparison(pairs[p4], points_for(p4), folder)
+        plt.close(fig)
+        out["figure4"] = files("figure4_zero_shot")
+
+        ds5 = _dataset_like(datasets, "cbct")
+        baseline = "Reptile" if "Reptile" in present and main != "Reptile" else None
+        if baseline is not None:
+            p5 = failure_pair(table, main, baseline, 0, ds5)
+            its = sorted(i for i in table.loc[(table["pair"] == p5) & (table["method"] == main), "iteration"].unique()
+                         if i > 0)
+            later = 25 if 25 in its else (its[0] if its else None)
+            stages: dict[str, Any] = {"No registration": None,
+                                      f"{main}, before optimisation": load_points(results_path, p5, main, seed,
+                                                                                  regulariser, 0)}
+            if later is not None:
+                stages[f"{main}, {later} steps"] = load_points(results_path, p5, main, seed, regulariser, later)
+            fig = failure_case(pairs[p5], stages, folder)
+            plt.close(fig)
+            out["figure5"] = files("figure5_failure_case")
+
+        for ds in datasets:
+            picks = pick_best_median_worst(table, ds, main)
+            pts = {name: points_for(name) for name in set(picks.values())}
+            safe = ds.replace("/", "-")
+            fig = best_median_worst(pairs, pts, table, ds, folder, main, name=f"figure_bmw_{safe}")
+            plt.close(fig)
+            out[f"bmw_{ds}"] = files(f"figure_bmw_{safe}")
+
+    fig = runtime_tradeoff(table, table_bend, folder, dataset=_dataset_like(datasets, "nlst"))
+    plt.close(fig)
+    out["figure8"] = files("figure8_runtime_tradeoff")
+    runtime_table(table, table_bend, folder)
+    out["runtime_table"] = [folder / "runtime_table.csv"]
+    return out
 
 
 # ------------------------------------------------------------ runtime (App. C)
