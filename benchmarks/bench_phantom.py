@@ -62,7 +62,8 @@ def main() -> None:
           "  (detection cached; first call adds mask + detection)")
 
     print(f"\ninitial landmark distance (mm), seeds 0-{args.seeds - 1}, smoke profile (resolution does not change it)")
-    print(f"{'dataset':14s} {'mean of means':>13s} {'min mean':>9s} {'max mean':>9s} {'max single':>10s} {'lung-base shift':>16s}")
+    header = ("dataset", "mean of means", "min mean", "max mean", "max single", "lung-base shift")
+    print(f"{header[0]:14s} {header[1]:>13s} {header[2]:>9s} {header[3]:>9s} {header[4]:>10s} {header[5]:>16s}")
     for style in phantom.STYLES:
         pairs = [phantom.make_pair(s, style, "smoke") for s in range(args.seeds)]
         means = np.array([p.initial_distances().mean() for p in pairs])

@@ -186,7 +186,8 @@ def plot_landmarks_on_anatomy(pair: Pair, path: str | Path, slab_mm: float = 4.0
     a.imshow(fixed.array[z], **win, extent=(-0.5, grid.shape[2] - 0.5, grid.shape[1] - 0.5, -0.5), aspect=sy / sx)
     sel = np.abs(fl[:, 2] - z) <= half_z
     a.scatter(fl[sel, 0], fl[sel, 1], s=40, facecolors="none", edgecolors="red", linewidths=1.2)
-    a.set_title(f"fixed (real CT), axial z={grid.index_to_world([[0, 0, z]])[0, 2]:.0f} mm: {sel.sum()} landmarks in a {slab_mm:g} mm slab")
+    z_mm = grid.index_to_world([[0, 0, z]])[0, 2]
+    a.set_title(f"fixed (real CT), axial z={z_mm:.0f} mm: {sel.sum()} landmarks in a {slab_mm:g} mm slab")
     a = ax[0, 1]
     a.imshow(fixed.array[:, y], **win, origin="lower", aspect=sz / sx)
     sel_c = np.abs(fl[:, 1] - y) <= half_y
@@ -194,8 +195,8 @@ def plot_landmarks_on_anatomy(pair: Pair, path: str | Path, slab_mm: float = 4.0
     a.set_title(f"fixed, coronal y={grid.index_to_world([[0, y, 0]])[0, 1]:.0f} mm: {sel_c.sum()} landmarks")
     # zoom on the image-left lung (patient right) of the axial slice
     a = ax[1, 0]
-    lung_cols = np.flatnonzero(pair.fixed_mask.array[z].any(axis=0)) if pair.fixed_mask is not None else np.arange(grid.shape[2])
-    lung_rows = np.flatnonzero(pair.fixed_mask.array[z].any(axis=1)) if pair.fixed_mask is not None else np.arange(grid.shape[1])
+    lung_slice = pair.fixed_mask.array[z] > 0 if pair.fixed_mask is not None else np.ones(grid.shape[1:], bool)
+    lung_cols, lung_rows = np.flatnonzero(lung_slice.any(axis=0)), np.flatnonzero(lung_slice.any(axis=1))
     if len(lung_cols) == 0:
         lung_cols, lung_rows = np.arange(grid.shape[2]), np.arange(grid.shape[1])
     x0, x1 = max(lung_cols.min() - 3, 0), min((lung_cols.min() + lung_cols.max()) // 2 + 3, grid.shape[2] - 1)
@@ -216,7 +217,9 @@ def plot_landmarks_on_anatomy(pair: Pair, path: str | Path, slab_mm: float = 4.0
         a.set_yticks([])
     label = pair.meta.get("label", "")
     d = pair.initial_distances()
-    fig.suptitle(f"{pair.name} — {label}\n{len(d)} landmarks, initial distance mean {d.mean():.1f} mm, max {d.max():.1f} mm")
+    fig.suptitle(
+        f"{pair.name} — {label}\n{len(d)} landmarks, initial distance mean {d.mean():.1f} mm, max {d.max():.1f} mm"
+    )
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)

@@ -78,7 +78,8 @@ def _lung_mask_threshold(volume: Volume, threshold_hu: float = -400.0) -> Volume
     labels, n = ndimage.label(air)
     if n == 0:
         raise ValueError(f"{volume.name or 'image'}: no voxel below {threshold_hu} HU, cannot find lungs")
-    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    faces = (labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1])  # y and x faces
+    border = np.unique(np.concatenate([f.ravel() for f in faces]))
     sizes = ndimage.sum_labels(np.ones_like(labels, dtype=np.int64), labels, index=np.arange(1, n + 1))
     sizes[border[border > 0] - 1] = 0
     order = np.argsort(sizes)[::-1]
@@ -112,7 +113,9 @@ def detect_landmarks(
     if mask is None:
         mask = lung_mask_for_landmarks(volume)
     if mask.grid.shape != volume.grid.shape:
-        raise ValueError(f"{mask.name or 'mask'}: shape {mask.grid.shape} differs from {volume.name or 'image'} {volume.grid.shape}")
+        raise ValueError(
+            f"{mask.name or 'mask'}: shape {mask.grid.shape} differs from {volume.name or 'image'} {volume.grid.shape}"
+        )
     m = np.asarray(mask.array) > 0
     if not m.any():
         raise ValueError(f"{mask.name or 'mask'}: empty mask, no landmarks can be placed")
@@ -155,7 +158,7 @@ def _subvoxel_offsets(w: np.ndarray, idx: np.ndarray) -> np.ndarray:
         lo_i, hi_i = idx.copy(), idx.copy()
         lo_i[:, axis] = np.clip(idx[:, axis] - 1, 0, w.shape[axis] - 1)
         hi_i[:, axis] = np.clip(idx[:, axis] + 1, 0, w.shape[axis] - 1)
-        a, b, c = (w[tuple(lo_i.T)].astype(np.float64), w[tuple(idx.T)].astype(np.float64), w[tuple(hi_i.T)].astype(np.float64))
+        a, b, c = (w[tuple(i.T)].astype(np.float64) for i in (lo_i, idx, hi_i))
         denom = a - 2 * b + c
         with np.errstate(divide="ignore", invalid="ignore"):
             o = np.where(denom < 0, 0.5 * (a - c) / denom, 0.0)

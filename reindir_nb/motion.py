@@ -141,7 +141,8 @@ class BreathingMotion:
     shift_mm: np.ndarray = field(default_factory=lambda: np.zeros(3))            # (3,) mm
 
     def __post_init__(self) -> None:
-        for name, shape in (("wavevectors", (-1, 3)), ("mode_amplitudes", (-1, 3)), ("phases", (-1,)), ("shift_mm", (3,))):
+        shapes = {"wavevectors": (-1, 3), "mode_amplitudes": (-1, 3), "phases": (-1,), "shift_mm": (3,)}
+        for name, shape in shapes.items():
             arr = np.asarray(getattr(self, name), dtype=np.float64).reshape(shape)
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)

@@ -32,7 +32,7 @@ the subject (anatomy, motion, landmarks) depends only on ``seed`` and ``style``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -44,7 +44,10 @@ from .pair import Pair
 from .profiles import get_profile
 from .volume import Volume
 
-__all__ = ["STYLES", "StyleSpec", "ThoraxAnatomy", "phantom_grid", "make_pair", "make_cohort", "make_subject", "motion_of", "render_anatomy"]
+__all__ = [
+    "STYLES", "StyleSpec", "STYLE_SPECS", "ThoraxAnatomy", "ConeBeamFOV", "phantom_grid", "make_pair",
+    "make_cohort", "make_subject", "motion_of", "render_anatomy",
+]
 
 STYLES = ("dirlab", "nlst", "cbct")
 
@@ -181,7 +184,8 @@ class ThoraxAnatomy:
             body_axes=body, fat_mm=rng.uniform(8, 16), lungs=tuple(lungs), heart_centre=heart_centre,
             heart_axes=heart_axes, spine_y=72.0 * sd_, aorta=(22.0 * sw, 48.0 * sd_, 12.0, cz + 120.0),
             carina_z=cz + 95.0 + rng.uniform(-8, 8), rib_top_z=cz + 160.0 * sh, rib_pitch=22.0 * sh, rib_drop=40.0,
-            n_ribs=11, texture_k=k, texture_amp=rng.uniform(4.0, 9.0, size=8), texture_phase=rng.uniform(0, 2 * np.pi, 8),
+            n_ribs=11, texture_k=k, texture_amp=rng.uniform(4.0, 9.0, size=8),
+            texture_phase=rng.uniform(0, 2 * np.pi, 8),
         )
         return anatomy._with_vessels(rng, territory_points)
 
@@ -200,7 +204,7 @@ class ThoraxAnatomy:
         a = np.array([s[0] for s in segs])
         b = np.array([s[1] for s in segs])
         bif = np.array([n[0] for n in nodes]) if nodes else np.zeros((0, 3))
-        return _replace(
+        return replace(
             self, seg_a=a, seg_b=b, seg_ra=np.array([s[2] for s in segs]), seg_rb=np.array([s[3] for s in segs]),
             bifurcations=bif, bifurcation_radius=np.array([n[1] for n in nodes]),
         )
@@ -328,12 +332,6 @@ class ThoraxAnatomy:
         return img, lung_frac
 
 
-def _replace(obj, **changes):
-    from dataclasses import replace
-
-    return replace(obj, **changes)
-
-
 def _grow_tree(
     p: np.ndarray,
     territory: np.ndarray,
@@ -454,14 +452,23 @@ def render_anatomy(
     """Noise-free HU (float32) and lung mask (bool) of the subject on ``grid``: at inhale when
     ``motion`` is None, else at exhale (the anatomy sampled at ``phi^-1(y)``, exact)."""
     h = float(np.prod(grid.spacing) ** (1.0 / 3.0))
-    positions = grid.voxel_centres_world().reshape(-1, 3)
-    if motion is not None:
-        positions = motion.inverse(positions, tol_mm=1e-3)
-    img = np.empty(len(positions), dtype=np.float32)
-    lung = np.empty(len(positions), dtype=bool)
-    for s in range(0, len(positions), chunk):
-        hu, frac = anatomy.render_base(positions[s : s + chunk], h)
-        img[s : s + chunk], lung[s : s + chunk] = hu, frac >= 0.5
+    nz, ny, nx = grid.shape
+    positions = np.empty((nz * ny * nx, 3), dtype=np.float32)  # where each voxel samples the anatomy
+    img = np.empty(nz * ny * nx, dtype=np.float32)
+    lung = np.empty(nz * ny * nx, dtype=bool)
+    per_slab = max(1, chunk // (ny * nx))
+    yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    for z0 in range(0, nz, per_slab):  # z-slabs keep memory bounded at paper size
+        z1 = min(nz, z0 + per_slab)
+        zz = np.broadcast_to(np.arange(z0, z1)[:, None, None], (z1 - z0, ny, nx))
+        idx = np.stack([np.broadcast_to(xx, zz.shape), np.broadcast_to(yy, zz.shape), zz], axis=-1).reshape(-1, 3)
+        pts = grid.index_to_world(idx.astype(np.float64))
+        if motion is not None:
+            pts = motion.inverse(pts, tol_mm=1e-3)
+        sl = slice(z0 * ny * nx, z1 * ny * nx)
+        positions[sl] = pts
+        hu, frac = anatomy.render_base(pts, h)
+        img[sl], lung[sl] = hu, frac >= 0.5
     vessels = _render_vessels(
         anatomy, grid, positions.reshape(*grid.shape, 3), h,
         forward=None if motion is None else motion.transport,
@@ -483,16 +490,33 @@ class ConeBeamFOV:
     z_hi: float
 
     def contains(self, points: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
+        """Which (N, 3) world points lie at least ``margin_mm`` inside the field of view."""
         p = np.asarray(points, dtype=np.float64)
         r = np.hypot(p[:, 0] - self.centre_x, p[:, 1] - self.centre_y)
         return (r <= self.radius - margin_mm) & (p[:, 2] >= self.z_lo + margin_mm) & (p[:, 2] <= self.z_hi - margin_mm)
+
+    def mask(self, grid: Grid) -> np.ndarray:
+        """Boolean (z, y, x) field-of-view mask of an axis-aligned grid."""
+        x, y, z = _grid_axes(grid)
+        r2 = (x - self.centre_x) ** 2 + (y - self.centre_y) ** 2
+        return (r2 <= self.radius**2) & (z >= self.z_lo) & (z <= self.z_hi)
+
+
+def _grid_axes(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World x (1, 1, nx), y (1, ny, 1), z (nz, 1, 1) of an axis-aligned grid (broadcastable, light)."""
+    if not np.allclose(grid.direction, np.eye(3)):
+        raise ValueError("phantom grids are axis-aligned (identity direction)")
+    nz, ny, nx = grid.shape
+    x = grid.origin[0] + grid.spacing[0] * np.arange(nx)
+    y = grid.origin[1] + grid.spacing[1] * np.arange(ny)
+    z = grid.origin[2] + grid.spacing[2] * np.arange(nz)
+    return x[None, None, :], y[None, :, None], z[:, None, None]
 
 
 def _cone_beam(img: np.ndarray, grid: Grid, fov: ConeBeamFOV, rng: np.random.Generator) -> np.ndarray:
     """Degrade a CT like a cone-beam CT: intensity scale/shift, cupping, streaks, correlated noise,
     and nothing (air) outside the field of view."""
-    pts = grid.voxel_centres_world()
-    x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
+    x, y, z = _grid_axes(grid)
     r2 = ((x - fov.centre_x) ** 2 + (y - fov.centre_y) ** 2) / fov.radius**2
     out = img.astype(np.float64) * rng.uniform(0.85, 1.05) + rng.uniform(-80.0, 40.0)
     out -= rng.uniform(20.0, 60.0) * (1.0 - np.clip(r2, 0, 1))  # cupping: darker centre
@@ -504,8 +528,7 @@ def _cone_beam(img: np.ndarray, grid: Grid, fov: ConeBeamFOV, rng: np.random.Gen
         out += rng.choice([-1.0, 1.0]) * rng.uniform(30, 100) * np.exp(-((dist / rng.uniform(1.5, 3.0)) ** 2)) * mod
     noise = gaussian_filter(rng.normal(size=img.shape), 0.6)
     out += noise / max(float(noise.std()), 1e-6) * rng.uniform(30.0, 50.0)
-    inside = fov.contains(pts.reshape(-1, 3)).reshape(img.shape)
-    return np.where(inside, out, AIR).astype(np.float32)
+    return np.where(fov.mask(grid), out, AIR).astype(np.float32)
 
 
 # ------------------------------------------------------------------ landmarks
@@ -538,7 +561,9 @@ def _subject_rng(seed: int, style: str, purpose: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), STYLES.index(style), purpose])
 
 
-def make_subject(seed: int = 0, style: str = "dirlab", amplitude_mm: float | None = None) -> tuple[ThoraxAnatomy, BreathingMotion]:
+def make_subject(
+    seed: int = 0, style: str = "dirlab", amplitude_mm: float | None = None
+) -> tuple[ThoraxAnatomy, BreathingMotion]:
     """The anatomy and the exact breathing motion of phantom ``(seed, style)`` (what :func:`make_pair` renders)."""
     spec = _style(style)
     anatomy = ThoraxAnatomy.random(_subject_rng(seed, style, 0))
@@ -581,18 +606,16 @@ def make_pair(
     if spec.cone_beam_moving:
         cbct_rng = _subject_rng(seed, style, 3)
         f = anatomy.frame()
-        fov = ConeBeamFOV(
-            centre_x=f.centre_x_mm + cbct_rng.normal(0, 5.0), centre_y=f.centre_y_mm + cbct_rng.normal(0, 5.0),
-            radius=cbct_rng.uniform(128.0, 142.0),
-            z_lo=0.0, z_hi=0.0,
-        )
+        cx, cy = f.centre_x_mm + cbct_rng.normal(0, 5.0), f.centre_y_mm + cbct_rng.normal(0, 5.0)
+        radius = cbct_rng.uniform(128.0, 142.0)
         zc = (f.apex_z_mm + f.diaphragm_z_mm) / 2 - 10.0 + cbct_rng.uniform(-10, 10)
-        half = cbct_rng.uniform(90.0, 110.0)
-        fov = _replace(fov, z_lo=zc - half, z_hi=zc + half)
-        moving_hu = _cone_beam(moving_hu, grid, fov, cbct_rng) if noise else np.where(
-            fov.contains(grid.voxel_centres_world().reshape(-1, 3)).reshape(grid.shape), moving_hu, AIR
-        ).astype(np.float32)
-        moving_lung = moving_lung & fov.contains(grid.voxel_centres_world().reshape(-1, 3)).reshape(grid.shape)
+        half = cbct_rng.uniform(90.0, 110.0)  # 18-22 cm axial coverage
+        fov = ConeBeamFOV(cx, cy, radius, zc - half, zc + half)
+        if noise:
+            moving_hu = _cone_beam(moving_hu, grid, fov, cbct_rng)
+        else:
+            moving_hu = np.where(fov.mask(grid), moving_hu, AIR).astype(np.float32)
+        moving_lung = moving_lung & fov.mask(grid)
     elif noise and spec.noise_hu > 0:
         moving_hu = moving_hu + noise_rng.normal(0.0, spec.noise_hu, moving_hu.shape).astype(np.float32)
 
@@ -646,7 +669,9 @@ def motion_of(pair: Pair) -> BreathingMotion:
     return BreathingMotion.from_dict(pair.meta["motion"])
 
 
-def make_cohort(style: str, n: int, seed: int = 0, profile: str = "smoke", progress: bool = True, **kwargs) -> list[Pair]:
+def make_cohort(
+    style: str, n: int, seed: int = 0, profile: str = "smoke", progress: bool = True, **kwargs
+) -> list[Pair]:
     """``n`` phantom pairs of one style with seeds ``seed, seed+1, ...`` (see :func:`make_pair`)."""
     _style(style)
     if n < 0:
