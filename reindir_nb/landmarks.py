@@ -67,7 +67,10 @@ def lung_mask_for_landmarks(volume: Volume, threshold_hu: float = -400.0) -> Vol
         from .preprocess import lung_mask  # type: ignore[attr-defined]
     except ImportError:
         return _lung_mask_threshold(volume, threshold_hu)
-    return lung_mask(volume)
+    mask = lung_mask(volume)
+    if not isinstance(mask, Volume):
+        mask = volume.with_array(np.asarray(mask).astype(np.uint8), name=f"{volume.name} lung mask")
+    return mask
 
 
 def _lung_mask_threshold(volume: Volume, threshold_hu: float = -400.0) -> Volume:
