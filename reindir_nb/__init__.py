@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "geometry", "volume", "pair", "profiles", "device", "io", "datasets", "phantom", "preprocess",
     "inr", "derivatives", "losses", "objective", "register", "prealign", "export", "encoder",
-    "infusion", "meta", "evaluate", "figures", "widgets", "bundled", "landmarks",
+    "infusion", "meta", "evaluate", "figures", "widgets", "bundled", "landmarks", "motion",
 }
 # public functions re-exported lazily (module, attribute)
 _FUNCTIONS = {
