@@ -61,40 +61,10 @@ def structure_tensor_score(
 
 
 def lung_mask_for_landmarks(volume: Volume, threshold_hu: float = -400.0) -> Volume:
-    """Lung mask of a CT in HU: the kit's :func:`reindir_nb.preprocess.lung_mask` when it exists,
-    else a threshold + connected-components + hole-filling fallback (private to this module)."""
-    try:
-        from .preprocess import lung_mask  # type: ignore[attr-defined]
-    except ImportError:
-        return _lung_mask_threshold(volume, threshold_hu)
-    mask = lung_mask(volume)
-    if not isinstance(mask, Volume):
-        mask = volume.with_array(np.asarray(mask).astype(np.uint8), name=f"{volume.name} lung mask")
-    return mask
+    """Lung mask of a CT in HU, from the kit's one lung-mask function (:func:`reindir_nb.preprocess.lung_mask`)."""
+    from .preprocess import lung_mask
 
-
-def _lung_mask_threshold(volume: Volume, threshold_hu: float = -400.0) -> Volume:
-    """Air inside the body below ``threshold_hu`` (components touching the x/y faces are outside
-    air), the two largest components, holes (vessels) filled slice by slice, closed."""
-    a = np.asarray(volume.array)
-    air = a < threshold_hu
-    labels, n = ndimage.label(air)
-    if n == 0:
-        raise ValueError(f"{volume.name or 'image'}: no voxel below {threshold_hu} HU, cannot find lungs")
-    faces = (labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1])  # y and x faces
-    border = np.unique(np.concatenate([f.ravel() for f in faces]))
-    sizes = ndimage.sum_labels(np.ones_like(labels, dtype=np.int64), labels, index=np.arange(1, n + 1))
-    sizes[border[border > 0] - 1] = 0
-    order = np.argsort(sizes)[::-1]
-    if sizes[order[0]] == 0:
-        raise ValueError(f"{volume.name or 'image'}: every air region touches the image border; no lungs found")
-    keep = [order[0] + 1]
-    if n > 1 and sizes[order[1]] > 0.2 * sizes[order[0]]:
-        keep.append(order[1] + 1)
-    mask = np.isin(labels, keep)
-    mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
-    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
-    return volume.with_array(mask.astype(np.uint8), name=f"{volume.name} lung mask (threshold {threshold_hu:g} HU)")
+    return lung_mask(volume, threshold_hu)
 
 
 def detect_landmarks(
