@@ -10,12 +10,15 @@ from .geometry import Grid
 from .pair import Pair
 from .profiles import Profile, get_profile
 from .volume import Volume
+# eager: the function ``rn.register`` shares its name with its module, and importing the module
+# later would otherwise rebind ``rn.register`` to the module
+from .register import RegistrationRun, register
 
 __version__ = "0.1.0"
 
 _SUBMODULES = {
     "geometry", "volume", "pair", "profiles", "device", "io", "datasets", "phantom", "preprocess",
-    "inr", "derivatives", "losses", "objective", "register", "prealign", "export", "encoder",
+    "inr", "derivatives", "losses", "objective", "prealign", "export", "encoder",
     "infusion", "meta", "evaluate", "figures", "widgets", "bundled", "landmarks", "motion",
 }
 # public functions re-exported lazily (module, attribute)
@@ -23,12 +26,10 @@ _FUNCTIONS = {
     "load_pair": ("datasets", "load_pair"),
     "load_cohort": ("datasets", "load_cohort"),
     "prepare": ("preprocess", "prepare"),
-    "register": ("register", "register"),
-    "RegistrationRun": ("register", "RegistrationRun"),
     "get_device": ("device", "get_device"),
 }
 
-__all__ = ["Grid", "Pair", "Profile", "Volume", "get_profile", *_FUNCTIONS, *sorted(_SUBMODULES)]
+__all__ = ["Grid", "Pair", "Profile", "Volume", "get_profile", "register", "RegistrationRun", *_FUNCTIONS, *sorted(_SUBMODULES)]
 
 
 def __getattr__(name: str) -> Any:

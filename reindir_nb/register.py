@@ -1,0 +1,338 @@
+"""Test-time INR registration (IDIR / ccIDIR): ``rn.register(pair, ...) -> RegistrationRun``.
+
+Two SIRENs are optimised with Adam on batches of points: the forward network in the fixed
+image's INR frame (points drawn inside the fixed mask) and the backward network in the
+moving image's frame (inside the moving mask), with the ccIDIR loss of
+:func:`reindir_nb.objective.ccidir_terms`. A global pre-alignment (affine/rigid, world mm) is
+estimated first when the pair needs it; the networks model the residual, and every output
+(points, fields, warps, determinants) composes both.
+
+``init`` is ``"random"`` (Sitzmann initialisation, seeded) or any :class:`Initialiser`: a
+Reptile template or a REINDIR model from :mod:`reindir_nb.meta`. Iteration 0 of the history
+is the state before any step, i.e. the zero-shot result of a learned initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import derivatives
+from .device import get_device, make_generator
+from .geometry import apply_affine
+from .inr import Params, SirenConfig, clone_params, init_siren, siren
+from .objective import LossWeights, Problem, apply_matrix, ccidir_terms
+from .pair import Pair
+from .profiles import get_profile
+
+__all__ = ["Initialiser", "RegistrationRun", "register", "target_registration_error", "PREALIGN_AUTO_MM"]
+
+# "auto" pre-alignment: affine when the lung-mask centroids (or landmark sets) are further apart
+PREALIGN_AUTO_MM = 15.0
+FIELD_CHUNK = 32768
+
+
+@runtime_checkable
+class Initialiser(Protocol):
+    """What ``register(init=...)`` accepts besides "random" (Reptile templates, REINDIR models).
+
+    ``initial_params(problem)`` returns the forward and backward SIREN parameter lists to start
+    from (register clones them); ``siren_config`` gives omega; after the call,
+    ``encoder_seconds`` (optional) holds the wall time spent computing them.
+    """
+
+    siren_config: SirenConfig
+
+    def initial_params(self, problem: Problem) -> tuple[Params, Params]: ...
+
+
+def target_registration_error(predicted_mm: np.ndarray, target_mm: np.ndarray) -> dict[str, float]:
+    """TRE statistics in mm: per landmark ``|| predicted - target ||`` -> mean, median, std, p95, max."""
+    d = np.linalg.norm(np.asarray(predicted_mm, float) - np.asarray(target_mm, float), axis=1)
+    return {
+        "mean": float(d.mean()), "median": float(np.median(d)), "std": float(d.std()),
+        "p95": float(np.percentile(d, 95)), "max": float(d.max()),
+    }
+
+
+def _mask_centroid(pair: Pair, side: str) -> np.ndarray:
+    vol = pair.fixed if side == "fixed" else pair.moving
+    mask = pair.fixed_mask if side == "fixed" else pair.moving_mask
+    idx = np.argwhere(mask.array > 0) if mask is not None else np.argwhere(np.ones(vol.grid.shape, bool))
+    return vol.grid.index_to_world(idx.mean(0)[::-1].reshape(1, 3))[0]
+
+
+def needs_prealign(pair: Pair) -> bool:
+    """True when the landmark sets (or, without landmarks, the lung-mask centroids) are more than
+    :data:`PREALIGN_AUTO_MM` apart on average — a positioning difference, not breathing."""
+    if pair.has_landmarks:
+        return float(np.linalg.norm((pair.moving_landmarks - pair.fixed_landmarks).mean(0))) > PREALIGN_AUTO_MM
+    return float(np.linalg.norm(_mask_centroid(pair, "moving") - _mask_centroid(pair, "fixed"))) > PREALIGN_AUTO_MM
+
+
+@dataclass
+class RegistrationRun:
+    """Result of :func:`register`: final networks, history and recorded snapshots.
+
+    All point/field methods take ``iteration`` (None = final) to look at a recorded snapshot.
+    """
+
+    pair: Pair
+    problem: Problem
+    forward: Params
+    backward: Params
+    siren_config: SirenConfig
+    prealign_matrix: np.ndarray
+    history: pd.DataFrame
+    iterations: int
+    snapshots: dict[int, tuple[Params, Params]] = field(default_factory=dict)
+    encoder_seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- params
+    def params_at(self, iteration: int | None = None) -> tuple[Params, Params]:
+        """Forward/backward params after ``iteration`` steps (a recorded snapshot) or the final ones."""
+        if iteration is None or iteration == self.iterations:
+            return self.forward, self.backward
+        if iteration not in self.snapshots:
+            raise KeyError(f"iteration {iteration} was not recorded; recorded: {sorted(self.snapshots)}")
+        dev = self.problem.device
+        fwd, bwd = self.snapshots[iteration]
+        return [p.to(dev) for p in fwd], [p.to(dev) for p in bwd]
+
+    def snapshot(self, iteration: int) -> "RegistrationRun":
+        """The run as it was after ``iteration`` steps (for the iteration scrubber)."""
+        fwd, bwd = self.params_at(iteration)
+        return replace(self, forward=fwd, backward=bwd, iterations=iteration)
+
+    @property
+    def recorded_iterations(self) -> list[int]:
+        return sorted(set(self.snapshots) | {self.iterations})
+
+    # ---------------------------------------------------------------- points
+    def _inr_points(self, points_mm: np.ndarray) -> Tensor:
+        x = self.pair.fixed.grid.world_to_normalized(points_mm)
+        return torch.as_tensor(x, dtype=self.problem.fixed.dtype, device=self.problem.device)
+
+    @torch.no_grad()
+    def _estimates(self, x: Tensor, iteration: int | None) -> tuple[Tensor, Tensor]:
+        """Forward estimate y_F = phi_F(x) and inverted-backward estimate y_B (one Newton step on
+        phi_B(y) = x from y_F), both in moving INR coords, for INR points x (N, 3)."""
+        fwd, bwd = self.params_at(iteration)
+        omega = self.siren_config.omega
+        out_f, out_b = [], []
+        for xs in torch.split(x, FIELD_CHUNK):
+            y_f = apply_matrix(self.problem.f2m, xs + siren(fwd, xs, omega))
+            v_b, jac_b = derivatives.jacobian(bwd, y_f, omega)
+            residual = apply_matrix(self.problem.m2f, y_f + v_b) - xs  # in fixed INR coords
+            eye = torch.eye(3, dtype=x.dtype, device=x.device)
+            jphi = self.problem.m2f[:3, :3] @ (eye + jac_b)  # d phi_B / d y
+            step = torch.linalg.solve(jphi, residual.unsqueeze(-1)).squeeze(-1)
+            out_f.append(y_f)
+            out_b.append(y_f - step)
+        return torch.cat(out_f), torch.cat(out_b)
+
+    def _to_moving_mm(self, y: Tensor) -> np.ndarray:
+        return self.pair.moving.grid.normalized_to_world(y.double().cpu().numpy())
+
+    def transform_points(self, points_mm: np.ndarray, estimate: str = "cycle", iteration: int | None = None) -> np.ndarray:
+        """Map fixed world points (N, 3) mm to moving world mm.
+
+        ``estimate="forward"``: phi_F(x). ``"cycle"`` (default): midpoint of phi_F(x) and the
+        backward network inverted at that point by a Newton step (ccIDIR's inference).
+        """
+        if estimate not in ("forward", "cycle"):
+            raise ValueError(f"estimate must be 'forward' or 'cycle', got {estimate!r}")
+        y_f, y_b = self._estimates(self._inr_points(np.asarray(points_mm, float).reshape(-1, 3)), iteration)
+        return self._to_moving_mm(y_f if estimate == "forward" else 0.5 * (y_f + y_b))
+
+    def point_uncertainty(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
+        """Cycle uncertainty (mm) at fixed world points: distance between the forward estimate and
+        the inverted backward estimate."""
+        y_f, y_b = self._estimates(self._inr_points(np.asarray(points_mm, float).reshape(-1, 3)), iteration)
+        return np.linalg.norm(self._to_moving_mm(y_f) - self._to_moving_mm(y_b), axis=1)
+
+    @property
+    def tre_mm(self) -> np.ndarray:
+        """Per-landmark TRE (mm) of the final state, cycle estimate."""
+        return self.landmark_errors()
+
+    def landmark_errors(self, estimate: str = "cycle", iteration: int | None = None) -> np.ndarray:
+        if not self.pair.has_landmarks:
+            raise ValueError(f"{self.pair.name}: no landmarks")
+        pred = self.transform_points(self.pair.fixed_landmarks, estimate, iteration)
+        return np.linalg.norm(pred - self.pair.moving_landmarks, axis=1)
+
+    # ---------------------------------------------------------------- fields
+    def _grid_points(self) -> np.ndarray:
+        return self.pair.fixed.grid.voxel_centres_world().reshape(-1, 3)
+
+    def _fixed_volume(self, values: np.ndarray, name: str):
+        grid = self.pair.fixed.grid
+        return self.pair.fixed.with_array(values.reshape(*grid.shape, *values.shape[1:]), name=name)
+
+    def displacement(self, estimate: str = "forward", iteration: int | None = None):
+        """Displacement Volume on the fixed grid, mm vectors (x, y, z): moving point - fixed point."""
+        pts = self._grid_points()
+        return self._fixed_volume(self.transform_points(pts, estimate, iteration) - pts, "displacement (mm)")
+
+    def warp(self, volume=None, estimate: str = "forward", iteration: int | None = None, order: int = 1):
+        """``volume`` (default: the pair's moving image; any Volume in moving world space)
+        resampled into the fixed grid through the registration: ``moving(phi(x))``."""
+        volume = self.pair.moving if volume is None else volume
+        moved = self.transform_points(self._grid_points(), estimate, iteration)
+        return self._fixed_volume(volume.sample_world(moved, order=order), f"warped {volume.name}")
+
+    @torch.no_grad()
+    def jacobian_determinant(self, iteration: int | None = None):
+        """det of the spatial Jacobian of the whole fixed->moving map (pre-alignment included),
+        on the fixed grid (unitless; <= 0 means folding)."""
+        fwd, _ = self.params_at(iteration)
+        x = self._inr_points(self._grid_points())
+        eye = torch.eye(3, dtype=x.dtype, device=x.device)
+        dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1]) for xs in torch.split(x, FIELD_CHUNK)]
+        det = torch.cat(dets).double().cpu().numpy() * float(np.linalg.det(self.prealign_matrix[:3, :3]))
+        return self._fixed_volume(det, "det J")
+
+    def uncertainty(self, iteration: int | None = None):
+        """Cycle-uncertainty map (mm) on the fixed grid."""
+        return self._fixed_volume(self.point_uncertainty(self._grid_points(), iteration), "cycle uncertainty (mm)")
+
+    def _in_mask(self, values: np.ndarray) -> np.ndarray:
+        mask = self.pair.fixed_mask
+        return values[mask.array > 0] if mask is not None else values.ravel()
+
+    def folding_fraction(self, iteration: int | None = None) -> float:
+        """Fraction of fixed-mask voxels (all voxels without a mask) with det J <= 0."""
+        return float((self._in_mask(self.jacobian_determinant(iteration).array) <= 0).mean())
+
+    def std_log_jacobian(self, iteration: int | None = None) -> float:
+        """std of log(det J) over the fixed mask (det clipped at 1e-9, as the standard metric)."""
+        det = self._in_mask(self.jacobian_determinant(iteration).array)
+        return float(np.log(np.clip(det, 1e-9, None)).std())
+
+
+# ------------------------------------------------------------------------------- register
+def _record_iterations(iterations: int, record_every: int) -> set[int]:
+    recs = set(range(0, iterations + 1, max(1, record_every)))
+    recs.add(iterations)
+    return recs
+
+
+def register(
+    pair: Pair,
+    init: "str | Initialiser" = "random",
+    iterations: int | None = None,
+    seed: int = 0,
+    regulariser: str = "jacobian",
+    points_per_step: int | None = None,
+    lr: float = 1e-4,
+    device: str | torch.device | None = None,
+    record_every: int | None = None,
+    prealign: "str | np.ndarray" = "auto",
+    similarity: str = "ncc",
+    omega: float = 30.0,
+    output_scale: float = 1.0,
+    weights: LossWeights = LossWeights(),
+    profile: str | None = None,
+    progress: bool = True,
+    snapshot_limit: int = 40,
+    derivative_method: str = "forward",
+    record_tre: bool = True,
+) -> RegistrationRun:
+    """ccIDIR test-time optimisation of one pair (Adam, ``lr``, ``points_per_step`` points per
+    network per step). Defaults for ``iterations``, ``points_per_step`` and ``record_every`` come
+    from ``profile`` (default: the profile the pair was prepared with, else ``demo``).
+
+    ``prealign``: "auto" (affine when :func:`needs_prealign`), "affine", "rigid", "none", or a
+    4x4 matrix (fixed world mm -> moving world mm). ``init``: "random" or an :class:`Initialiser`.
+    ``output_scale`` (random init only): 0 starts at exactly zero displacement.
+    """
+    prof = get_profile(profile or pair.meta.get("prepared") or "demo")
+    iterations = prof.iterations if iterations is None else int(iterations)
+    points = prof.points_per_step if points_per_step is None else int(points_per_step)
+    record_every = prof.record_every if record_every is None else int(record_every)
+    dev = get_device(device)
+
+    if isinstance(prealign, str):
+        from .prealign import estimate_prealign
+
+        kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
+        pre = estimate_prealign(pair, kind)
+    else:
+        kind, pre = "matrix", np.asarray(prealign, dtype=np.float64)
+    problem = Problem.from_pair(pair, prealign=pre, device=dev)
+
+    gen_init = make_generator(seed)
+    t0 = time.perf_counter()
+    if isinstance(init, str):
+        if init != "random":
+            raise ValueError(f"init must be 'random' or an Initialiser (Reptile template / REINDIR model), got {init!r}")
+        config = SirenConfig(omega=omega, output_scale=output_scale)
+        fwd0 = init_siren(config, gen_init, device=dev)
+        bwd0 = init_siren(config, gen_init, device=dev)
+        encoder_seconds = 0.0
+    else:
+        config = init.siren_config
+        fwd0, bwd0 = init.initial_params(problem)
+        encoder_seconds = float(getattr(init, "encoder_seconds", time.perf_counter() - t0))
+    fwd = clone_params([p.to(dev) for p in fwd0], requires_grad=True)
+    bwd = clone_params([p.to(dev) for p in bwd0], requires_grad=True)
+    optimiser = torch.optim.Adam(fwd + bwd, lr=lr)
+    gen_points = make_generator(seed + 7919)
+
+    run = RegistrationRun(
+        pair=pair, problem=problem, forward=fwd, backward=bwd, siren_config=config, prealign_matrix=pre,
+        history=pd.DataFrame(), iterations=0, encoder_seconds=encoder_seconds,
+        settings={"init": "random" if isinstance(init, str) else type(init).__name__, "prealign": kind,
+                  "regulariser": regulariser, "points_per_step": points, "lr": lr, "seed": seed,
+                  "similarity": similarity, "device": str(dev)},
+    )
+    records = _record_iterations(iterations, record_every)
+    snap_every = max(1, math.ceil(len(records) / max(1, snapshot_limit)))
+    rows: list[dict] = []
+    elapsed = encoder_seconds
+    bar = tqdm(total=iterations, desc=f"ccIDIR {pair.name}", disable=not progress, leave=False)
+    for it in range(iterations + 1):
+        stepping = it < iterations
+        t_step = time.perf_counter()
+        xf = problem.sample_points(points, gen_points, "fixed")
+        xb = problem.sample_points(points, gen_points, "moving")
+        with torch.set_grad_enabled(stepping or regulariser == "bending"):
+            terms = ccidir_terms(fwd, bwd, problem, xf, xb, regulariser, weights, config.omega, similarity,
+                                 derivative_method)
+        if stepping:
+            optimiser.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimiser.step()
+        step_seconds = time.perf_counter() - t_step
+        if it in records:  # state after `it` steps; loss terms were evaluated at exactly that state
+            run.forward, run.backward, run.iterations = fwd, bwd, it
+            row = {"iteration": it, "seconds": elapsed, **{k: float(v.detach()) for k, v in terms.items()}}
+            if record_tre and pair.has_landmarks:
+                for est in ("cycle", "forward"):
+                    stats = target_registration_error(run.transform_points(pair.fixed_landmarks, est), pair.moving_landmarks)
+                    suffix = "" if est == "cycle" else "_forward"
+                    row.update({f"tre_{k}{suffix}_mm": v for k, v in stats.items()})
+            rows.append(row)
+            if it < iterations and (len(rows) - 1) % snap_every == 0:
+                run.snapshots[it] = (clone_params([p.cpu() for p in fwd]), clone_params([p.cpu() for p in bwd]))
+            if progress and "tre_mean_mm" in row:
+                bar.set_postfix(tre=f"{row['tre_mean_mm']:.2f}mm", loss=f"{row['total']:.3f}")
+        if stepping:
+            elapsed += step_seconds
+            bar.update(1)
+    bar.close()
+    run.forward = [p.detach() for p in fwd]
+    run.backward = [p.detach() for p in bwd]
+    run.iterations = iterations
+    run.history = pd.DataFrame(rows)
+    return run
