@@ -1,0 +1,73 @@
+"""Run the notebooks in order with papermill (the README's main job): ``python -m reindir_nb.pipeline``.
+
+Notebooks hand results to each other through files in ``WORKSPACE``; executed copies go to
+``WORKSPACE/executed/`` (never over the sources).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["NOTEBOOKS", "notebook_paths", "run_notebook", "run_all"]
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def notebook_paths(folder: Path = NOTEBOOKS) -> list[Path]:
+    """The numbered notebooks ``0*.ipynb`` in order."""
+    return sorted(folder.glob("0*.ipynb"))
+
+
+def run_notebook(notebook: str | Path, workspace: str | Path, profile: str = "demo", **parameters) -> Path:
+    """Execute one notebook (papermill, kernel ``python3``, cwd = the notebook's folder) with
+    ``PROFILE``/``WORKSPACE`` (+ ``parameters``); returns the executed copy's path."""
+    import papermill as pm
+
+    notebook = Path(notebook)
+    if not notebook.is_absolute() and not notebook.exists():
+        notebook = NOTEBOOKS / notebook
+    workspace = Path(workspace).resolve()
+    out = workspace / "executed" / notebook.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(
+        str(notebook), str(out),
+        parameters={"PROFILE": profile, "WORKSPACE": str(workspace), **parameters},
+        kernel_name="python3", cwd=str(notebook.parent), progress_bar=False,
+    )
+    return out
+
+
+def run_all(workspace: str | Path, profile: str = "demo", only: Sequence[str] = ()) -> list[Path]:
+    """Run every numbered notebook (or those whose names start with one of ``only``) in order."""
+    from tqdm.auto import tqdm
+
+    paths = [p for p in notebook_paths() if not only or any(p.name.startswith(o) for o in only)]
+    done = []
+    bar = tqdm(paths, desc=f"notebooks ({profile})", unit="nb")
+    for nb in bar:
+        bar.set_postfix_str(nb.name)
+        t0 = time.perf_counter()
+        done.append(run_notebook(nb, workspace, profile))
+        tqdm.write(f"  {nb.name}: {time.perf_counter() - t0:.0f} s")
+    return done
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="demo", choices=["smoke", "demo", "paper"])
+    parser.add_argument("--workspace", default="workspace")
+    parser.add_argument("--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01 02")
+    args = parser.parse_args(argv)
+    workspace = Path(args.workspace).resolve()
+    run_all(workspace, args.profile, args.only)
+    print(f"\nDone. Workspace: {workspace}")
+    for sub in ("prepared", "checkpoints", "results", "figures", "executed"):
+        if (workspace / sub).exists():
+            print(f"  {sub + '/':13s} {workspace / sub}")
+
+
+if __name__ == "__main__":
+    main()
