@@ -309,11 +309,8 @@ def register(
         with torch.set_grad_enabled(stepping or regulariser == "bending"):
             terms = ccidir_terms(fwd, bwd, problem, xf, xb, regulariser, weights, config.omega, similarity,
                                  derivative_method)
-        if stepping:
-            optimiser.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimiser.step()
         step_seconds = time.perf_counter() - t_step
+        # record BEFORE this iteration's update: the state after exactly `it` steps
         if it in records:  # state after `it` steps; loss terms were evaluated at exactly that state
             run.forward, run.backward, run.iterations = fwd, bwd, it
             row = {"iteration": it, "seconds": elapsed, **{k: float(v.detach()) for k, v in terms.items()}}
@@ -328,7 +325,11 @@ def register(
             if progress and "tre_mean_mm" in row:
                 bar.set_postfix(tre=f"{row['tre_mean_mm']:.2f}mm", loss=f"{row['total']:.3f}")
         if stepping:
-            elapsed += step_seconds
+            t_step = time.perf_counter()
+            optimiser.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimiser.step()
+            elapsed += step_seconds + time.perf_counter() - t_step
             bar.update(1)
     bar.close()
     run.forward = [p.detach() for p in fwd]
