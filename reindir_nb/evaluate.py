@@ -56,38 +56,33 @@ RESULT_COLUMNS: list[str] = [
     "pair", "dataset", "method", "fold", "seed", "regulariser", "iteration",
     "seconds", "step_seconds", "encoder_seconds",
     "initial_tre_mean_mm", "tre_mean_mm", "tre_median_mm", "tre_p95_mm", "tre_std_mm",
-    "tre_fwd_mean_mm", "tre_fwd_median_mm", "tre_fwd_p95_mm",
+    "tre_fwd_mean_mm", "tre_fwd_median_mm", "tre_fwd_p95_mm", "tre_fwd_std_mm",
     "pct_folded", "std_log_jac", "uncertainty_mean_mm",
 ]
 _KEY = ["pair", "method", "seed", "regulariser"]
 
 
 # --------------------------------------------------------------------- metrics
-def _tre(predicted: np.ndarray, moving_landmarks: np.ndarray) -> np.ndarray:
-    """Per-landmark TRE (mm) through the kit's one TRE helper."""
+def _tre_stats(predicted: np.ndarray, moving_landmarks: np.ndarray, prefix: str) -> dict[str, float]:
+    """TRE columns through the kit's one TRE helper (:func:`register.target_registration_error`)."""
     from .register import target_registration_error
 
-    return np.asarray(target_registration_error(predicted, moving_landmarks), dtype=np.float64)
-
-
-def _tre_stats(errors: np.ndarray, prefix: str) -> dict[str, float]:
-    e = np.asarray(errors, dtype=np.float64)
-    return {f"{prefix}_mean_mm": float(e.mean()), f"{prefix}_median_mm": float(np.median(e)),
-            f"{prefix}_p95_mm": float(np.percentile(e, 95)), f"{prefix}_std_mm": float(e.std())}
+    stats = target_registration_error(predicted, moving_landmarks)
+    return {f"{prefix}_{k}_mm": float(stats[k]) for k in ("mean", "median", "p95", "std")}
 
 
 def deformation_statistics(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """``pct_folded`` (% of voxels with det J <= 0) and ``std_log_jac`` (std of log det J over
-    the voxels with det J > 0), inside ``mask`` when given."""
+    """``pct_folded`` (% of voxels with det J <= 0) and ``std_log_jac`` (std of log det J, det
+    clipped at 1e-9 — the definition of ``RegistrationRun.std_log_jacobian``), inside ``mask``
+    when given. One det J evaluation serves both numbers."""
     d = np.asarray(det, dtype=np.float64)
     if mask is not None:
         d = d[np.asarray(mask) > 0]
     d = d.ravel()
     if d.size == 0:
         raise ValueError("deformation_statistics: no voxels (empty mask?)")
-    positive = d[d > 0]
     return {"pct_folded": float(100.0 * np.mean(d <= 0)),
-            "std_log_jac": float(np.std(np.log(positive))) if positive.size else float("nan")}
+            "std_log_jac": float(np.log(np.clip(d, 1e-9, None)).std())}
 
 
 # ------------------------------------------------------------------ table I/O
@@ -208,32 +203,27 @@ def _inr_run_rows(
 ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray], dict[int, np.ndarray]]:
     from .register import register
 
-    record_every = reduce(math.gcd, [i for i in iterations if i > 0], 0) or 1
+    positive = [i for i in iterations if i > 0]
+    record_every = reduce(math.gcd, positive, 0) or 1
     run = register(pair, init=init, iterations=max(iterations), seed=seed, regulariser=regulariser,
                    record_every=record_every, progress=False, **register_kwargs)
     hist = run.history.set_index("iteration")
-    encoder = float(getattr(init, "encoder_seconds", 0.0) or 0.0) if init != "random" else 0.0
-    total_steps = max(iterations)
-    step = float(hist.loc[total_steps, "seconds"]) / total_steps if total_steps > 0 else float("nan")
+    encoder = float(run.encoder_seconds)
+    total = max(iterations)
+    # history seconds include the encoder time; the table's ``seconds`` are optimisation only
+    step = (float(hist.loc[total, "seconds"]) - encoder) / total if total > 0 else float("nan")
+    mask = None if pair.fixed_mask is None else pair.fixed_mask.array
     rows, cyc, fwd = [], {}, {}
     for it in iterations:
-        p_cyc = np.asarray(run.transform_points(pair.fixed_landmarks, estimate="cycle", iteration=it))
-        p_fwd = np.asarray(run.transform_points(pair.fixed_landmarks, estimate="forward", iteration=it))
-        cyc[it], fwd[it] = p_cyc, p_fwd
-        e_cyc, e_fwd = _tre(p_cyc, pair.moving_landmarks), _tre(p_fwd, pair.moving_landmarks)
-        det = run.jacobian_determinant(iteration=it)
-        mask = None if pair.fixed_mask is None else pair.fixed_mask.array
+        cyc[it] = run.transform_points(pair.fixed_landmarks, estimate="cycle", iteration=it)
+        fwd[it] = run.transform_points(pair.fixed_landmarks, estimate="forward", iteration=it)
         row = _base_row(pair, name, fold, seed, regulariser)
-        row.update(iteration=int(it), seconds=float(hist.loc[it, "seconds"]) if it > 0 else 0.0,
-                   step_seconds=step, encoder_seconds=encoder)
-        row.update(_tre_stats(e_cyc, "tre"))
-        fs = _tre_stats(e_fwd, "tre_fwd")
-        fs.pop("tre_fwd_std_mm")
-        row.update(fs)
-        row.update(deformation_statistics(np.asarray(getattr(det, "array", det)), mask))
-        # cycle estimate = midpoint of the forward and the inverted backward estimate, so the
-        # uncertainty (their distance) is twice the distance of the midpoint to the forward one
-        row["uncertainty_mean_mm"] = float(2.0 * np.linalg.norm(p_cyc - p_fwd, axis=1).mean())
+        row.update(iteration=int(it), seconds=float(hist.loc[it, "seconds"]) - encoder, step_seconds=step,
+                   encoder_seconds=encoder)
+        row.update(_tre_stats(cyc[it], pair.moving_landmarks, "tre"))
+        row.update(_tre_stats(fwd[it], pair.moving_landmarks, "tre_fwd"))
+        row.update(deformation_statistics(run.jacobian_determinant(iteration=it).array, mask))
+        row["uncertainty_mean_mm"] = float(run.point_uncertainty(pair.fixed_landmarks, iteration=it).mean())
         rows.append(row)
     return rows, cyc, fwd
 
@@ -250,11 +240,8 @@ def _voxelmorph_rows(
         row = _base_row(pair, name, fold, seed, regulariser)
         row.update(iteration=int(it), seconds=float(result.seconds[it]), step_seconds=float(result.step_seconds),
                    encoder_seconds=float(result.encoder_seconds))
-        e = _tre(p, pair.moving_landmarks)
-        row.update(_tre_stats(e, "tre"))
-        fs = _tre_stats(e, "tre_fwd")
-        fs.pop("tre_fwd_std_mm")
-        row.update(fs)
+        row.update(_tre_stats(p, pair.moving_landmarks, "tre"))
+        row.update(_tre_stats(p, pair.moving_landmarks, "tre_fwd"))
         mask = None if pair.fixed_mask is None else pair.fixed_mask.array
         row.update(deformation_statistics(result.jacobian_determinant(it), mask))
         row["uncertainty_mean_mm"] = float("nan")
@@ -270,13 +257,24 @@ def _elastix_rows(
     secs = time.perf_counter() - t0
     row = _base_row(pair, name, fold, seed, regulariser)
     row.update(iteration=CONVERGED, seconds=secs, step_seconds=float("nan"), encoder_seconds=0.0)
-    e = _tre(p, pair.moving_landmarks)
-    row.update(_tre_stats(e, "tre"))
-    fs = _tre_stats(e, "tre_fwd")
-    fs.pop("tre_fwd_std_mm")
-    row.update(fs)
+    row.update(_tre_stats(p, pair.moving_landmarks, "tre"))
+    row.update(_tre_stats(p, pair.moving_landmarks, "tre_fwd"))
     row.update(pct_folded=float("nan"), std_log_jac=float("nan"), uncertainty_mean_mm=float("nan"))
     return [row], {CONVERGED: p}, {CONVERGED: p}
+
+
+def _voxelmorph_prealign(pair: Pair, prealign: Any, given: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
+    """The global pre-alignment VoxelMorph resamples the moving image through: ``given[name]``
+    if supplied, else the same choice ``register`` makes for ``prealign`` ("auto"/"affine"/...)."""
+    if given is not None and pair.name in given:
+        return np.asarray(given[pair.name], dtype=np.float64)
+    if not isinstance(prealign, str):
+        return np.asarray(prealign, dtype=np.float64)
+    from .prealign import estimate_prealign
+    from .register import needs_prealign
+
+    kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
+    return None if kind == "none" else estimate_prealign(pair, kind)
 
 
 # ---------------------------------------------------------------------- sweep
@@ -357,7 +355,7 @@ def sweep(
         if method == "elastix":
             rows, cyc, fwd = _elastix_rows(pair, name, fold, seed, regulariser, elastix_kwargs or {})
         elif _is_voxelmorph(method):
-            pre = None if voxelmorph_prealign is None else voxelmorph_prealign.get(pair.name)
+            pre = _voxelmorph_prealign(pair, prealign, voxelmorph_prealign)
             rows, cyc, fwd = _voxelmorph_rows(pair, method, name, fold, seed, iterations, regulariser, pre)
         else:
             rows, cyc, fwd = _inr_run_rows(pair, method, name, fold, seed, iterations, regulariser, reg_kwargs)
@@ -560,10 +558,8 @@ def propagate_keypoints(
     for k in tqdm(range(runs), disable=not progress, desc=f"propagate {pair.name}"):
         run = register(pair, init=init, iterations=iterations, seed=seed + k, regulariser=regulariser,
                        progress=False, **register_kwargs)
-        p_cyc = np.asarray(run.transform_points(pts, estimate="cycle"))
-        p_fwd = np.asarray(run.transform_points(pts, estimate="forward"))
-        preds.append(p_cyc)
-        unc.append(float(2.0 * np.linalg.norm(p_cyc - p_fwd, axis=1).mean()))
+        preds.append(run.transform_points(pts, estimate="cycle"))
+        unc.append(float(run.point_uncertainty(pts).mean()))
     run_points = np.stack(preds)
     run_unc = np.asarray(unc)
     kept = np.argsort(run_unc, kind="stable")[:keep]
