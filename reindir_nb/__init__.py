@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "geometry", "volume", "pair", "profiles", "device", "io", "datasets", "phantom", "preprocess",
     "inr", "derivatives", "losses", "objective", "prealign", "export", "encoder",
-    "infusion", "meta", "evaluate", "figures", "widgets", "bundled", "landmarks", "motion", "pipeline",
+    "infusion", "meta", "evaluate", "figures", "widgets", "bundled", "landmarks", "voxelmorph", "motion", "pipeline",
 }
 # public functions re-exported lazily (module, attribute)
 _FUNCTIONS = {
