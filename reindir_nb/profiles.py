@@ -41,7 +41,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "demo": Profile(
         name="demo", spacing_mm=4.0, patch_size=(64, 64, 64), cohort_size=20, points_per_step=10000,
-        iterations=250, record_every=25, inner_steps=10, inner_points=5000, outer_steps=300,
+        iterations=250, record_every=25, inner_steps=10, inner_points=2000, outer_steps=150,
         encoder_width=6, embedding_length=1025, seeds=5, folds=5, eval_iterations=(0, 25, 100),
     ),
     "paper": Profile(

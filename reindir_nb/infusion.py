@@ -1,0 +1,60 @@
+"""Repeated embedding infusion: modulate the template SIRENs' hidden->hidden layers.
+
+For each INR (forward, backward) and each modulated layer l (``inr.MODULATED_LAYERS``), linear
+heads map the embedding e (length E) to ``gamma_l`` (length E) and ``delta_l`` (256).
+``gamma_l`` is repeated (tiled) and truncated to fill the 256x256 weight shape row by row (with
+E = 1025 each row is a shifted copy), giving ``Gamma_l``; then ``W_l <- W_l * (1 + Gamma_l)`` and
+``b_l <- b_l + delta_l``. Heads start at zero, so an untrained model equals its template exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .inr import MODULATED_LAYERS, Params
+
+__all__ = ["repeat_to_matrix", "modulate", "InfusionHeads"]
+
+
+def repeat_to_matrix(gamma: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Tile a vector (E,) and truncate it to fill ``shape`` in row-major order."""
+    n = shape[0] * shape[1]
+    reps = -(-n // gamma.shape[-1])
+    return gamma.repeat(reps)[:n].view(shape)
+
+
+def modulate(template: Params, gammas: dict[int, Tensor], deltas: dict[int, Tensor]) -> Params:
+    """Infused params: layers in ``gammas`` get ``W * (1 + repeat(gamma))`` and ``b + delta``."""
+    out = list(template)
+    for layer_index, gamma in gammas.items():
+        w, b = template[2 * layer_index], template[2 * layer_index + 1]
+        out[2 * layer_index] = w * (1.0 + repeat_to_matrix(gamma, tuple(w.shape)))
+        out[2 * layer_index + 1] = b + deltas[layer_index]
+    return out
+
+
+class InfusionHeads(nn.Module):
+    """Zero-initialised linear heads embedding -> (gamma_l, delta_l) for both INRs."""
+
+    def __init__(self, embedding_length: int, hidden: int = 256, layers: tuple[int, ...] = MODULATED_LAYERS):
+        super().__init__()
+        self.layers = tuple(layers)
+        self.gamma = nn.ModuleDict()
+        self.delta = nn.ModuleDict()
+        for net in ("forward", "backward"):
+            for l in self.layers:
+                self.gamma[f"{net}{l}"] = nn.Linear(embedding_length, embedding_length)
+                self.delta[f"{net}{l}"] = nn.Linear(embedding_length, hidden)
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def infuse(self, embedding: Tensor, forward: Params, backward: Params) -> tuple[Params, Params]:
+        """Modulated (forward, backward) params for ONE embedding ``(E,)`` or ``(1, E)``."""
+        e = embedding.reshape(-1)
+        result = []
+        for net, template in (("forward", forward), ("backward", backward)):
+            gammas = {l: self.gamma[f"{net}{l}"](e) for l in self.layers}
+            deltas = {l: self.delta[f"{net}{l}"](e) for l in self.layers}
+            result.append(modulate(template, gammas, deltas))
+        return result[0], result[1]
