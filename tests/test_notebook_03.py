@@ -1,0 +1,22 @@
+"""Notebook 03 runs under papermill (smoke): trains both models, writes checkpoints and a first look."""
+
+import json
+
+import pandas as pd
+
+import reindir_nb as rn
+from nbrun import run_notebook
+
+
+def test_notebook_03(tmp_path):
+    run_notebook("03_training.ipynb", tmp_path, profile="smoke", OUTER_STEPS=2, EVAL_SEEDS=1, EVAL_ITERATIONS=5)
+    summary = json.loads((tmp_path / "03_training" / "summary.json").read_text())
+    assert summary["outer_steps"] == 2 and len(summary["held_out"]) == 3
+    assert {"reptile.pt", "reindir.pt"} <= set(summary["checkpoints"])
+    assert isinstance(rn.meta.load(tmp_path / "checkpoints" / "reindir.pt"), rn.meta.ReindirModel)
+    log = pd.read_csv(tmp_path / "03_training" / "reindir_log.csv")
+    assert list(log["step"]) == [0, 1]
+    first = pd.read_csv(tmp_path / "03_training" / "first_look.csv")
+    assert set(first["method"]) == {"ccIDIR", "Reptile", "REINDIR"} and set(first["iteration"]) == {0, 5}
+    assert (first["tre_mean_mm"] > 0).all()
+    assert (tmp_path / "03_training" / "zero_shot_field.png").is_file()
