@@ -185,3 +185,17 @@ class SliceScrubber:
         from IPython.display import display
 
         display(self.widget)
+
+
+# The linked explorers live in reindir_nb/explorers.py (which imports the helpers above); they are
+# re-exported here lazily so that importing either module first works.
+_EXPLORERS = ("PairExplorer", "LandmarkErrorExplorer", "IterationScrubber", "LinkedState")
+__all__ += list(_EXPLORERS)
+
+
+def __getattr__(name: str):
+    if name in _EXPLORERS:
+        from . import explorers
+
+        return getattr(explorers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
