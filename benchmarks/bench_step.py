@@ -1,0 +1,203 @@
+"""Benchmark of one optimisation step: fast forward-mode derivatives vs autograd double backward.
+
+Same process, same batch of points, same weights; the methods are timed in interleaved rounds
+(A, B, A, B, ...) so machine load hits both alike, and the headline is the median of the
+per-round ratios. Steps (forward + backward + optimiser step, SIREN 3-256-256-256-3):
+
+* ``ccidir-jacobian``: one ccIDIR step = 2 INRs + symmetric Jacobian + cycle + NCC
+  (:func:`reindir_nb.objective.ccidir_terms`, the code registration runs) + Adam;
+* ``bending``: one INR with NCC + bending energy (the Hessian path) + Adam;
+* ``ccidir-bending`` (fast path only unless ``--ccidir-bending-baseline``; its double backward
+  needs ~13 GB at 10000 points): the ccIDIR step with the bending regulariser.
+
+"Speed of light" (SOL) = the step's necessary matmul FLOPs (value + 3 tangents [+ 6 second
+tangents] through every layer, forward and backward, see
+:func:`reindir_nb.derivatives.jet_matmul_flops`) divided by the fp32 matmul peak measured in
+this run (best of many ``10000x256 @ 256x256``). ``xSOL`` = time / SOL.
+
+    .venv/bin/python benchmarks/bench_step.py [--points 10000] [--rounds 5] [--bf16] [--json out.json]
+
+Allocator: the Hessian path allocates arrays > 32 MB each step; glibc serves those with fresh
+mmaps (page faults every step). ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``
+(Debian ``libtcmalloc-minimal4``) avoids that; the header says whether it is active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from reindir_nb import derivatives, inr, losses
+from reindir_nb.device import make_generator
+from reindir_nb.objective import LossWeights, Problem, apply_matrix, ccidir_terms, sample_image
+from reindir_nb.pair import Pair
+from reindir_nb.volume import Volume
+
+SIZES = (3, 256, 256, 256, 3)
+
+
+def synthetic_problem(seed: int, shape: int = 64) -> Problem:
+    """A smooth random image pair (1.5 mm voxels, the moving one shifted) with an ellipsoid mask."""
+    rng = np.random.default_rng(seed)
+    base = ndimage.gaussian_filter(rng.standard_normal((shape,) * 3), 3.0).astype(np.float32)
+    moving = np.roll(base, 3, axis=2)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, shape),) * 3, indexing="ij")
+    mask = ((x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 0.9) ** 2 <= 1.0).astype(np.uint8)
+    vol = lambda a: Volume.from_array(a, spacing=(1.5, 1.5, 1.5))  # noqa: E731
+    pair = Pair(vol(base), vol(moving), fixed_mask=vol(mask), moving_mask=vol(mask), name="bench")
+    return Problem.from_pair(pair)
+
+
+def matmul_peak(dtype: torch.dtype, repeats: int = 20) -> float:
+    """Best FLOP/s of a ``10000x256 @ 256x256`` matmul in ``dtype``."""
+    gen = make_generator(0)
+    a = torch.randn(10_000, 256, generator=gen).to(dtype)
+    w = torch.randn(256, 256, generator=gen).to(dtype)
+    for _ in range(3):
+        a @ w
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ w
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * 10_000 * 256 * 256 / best
+
+
+def make_step(kind: str, method: str, problem: Problem, xf: torch.Tensor, xb: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    """A closure doing one full step (loss, backward, Adam) on its own copy of the weights."""
+    fwd = inr.init_siren(generator=make_generator(0))
+    bwd = inr.init_siren(generator=make_generator(1))
+    for p in fwd + bwd:
+        p.requires_grad_(True)
+    weights = LossWeights()
+    if kind == "bending":
+        opt = torch.optim.Adam(fwd, lr=1e-4)
+        lin = problem.fixed_to_mm[:3, :3]
+
+        def loss() -> torch.Tensor:
+            v, _, hess = derivatives.hessian(fwd, xf, 30.0, method=method, bf16=bf16)
+            warped = sample_image(problem.moving, apply_matrix(problem.f2m, xf + v))
+            ncc = losses.ncc_loss(sample_image(problem.fixed, xf), warped)
+            return ncc + weights.bending * losses.bending_energy(losses.hessian_to_mm(hess, lin))
+    else:
+        opt = torch.optim.Adam(fwd + bwd, lr=1e-4)
+        regulariser = "jacobian" if kind == "ccidir-jacobian" else "bending"
+
+        def loss() -> torch.Tensor:
+            terms = ccidir_terms(fwd, bwd, problem, xf, xb, regulariser, weights, 30.0,
+                                 derivative_method=method, derivative_bf16=bf16)
+            return terms["total"]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        opt.step()
+
+    return step
+
+
+def step_flops(kind: str, points: int) -> float:
+    """Necessary matmul FLOPs of one step (forward + backward)."""
+    if kind == "bending":
+        return derivatives.jet_matmul_flops(points, SIZES, order=2)
+    order = 1 if kind == "ccidir-jacobian" else 2
+    # per side: the regularised INR with its jet + the other INR at the mapped points (cycle)
+    return 2 * (derivatives.jet_matmul_flops(points, SIZES, order) + derivatives.jet_matmul_flops(points, SIZES, 0))
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Run every step once to warm up, then ``rounds`` times in interleaved order; seconds."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--points", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-size", type=int, default=64, help="voxels per side of the synthetic images")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--bf16", action="store_true", help="also time the opt-in bf16-matmul fast path")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["ccidir-jacobian", "bending", "ccidir-bending"])
+    ap.add_argument("--ccidir-bending-baseline", action="store_true",
+                    help="also time the ccIDIR bending step by double backward (~13 GB at 10000 points)")
+    ap.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    problem = synthetic_problem(args.seed, args.image_size)
+    gen = make_generator(args.seed)
+    xf = problem.sample_points(args.points, gen, "fixed")
+    xb = problem.sample_points(args.points, gen, "moving")
+    preload = os.environ.get("LD_PRELOAD", "")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.points} points, "
+          f"SIREN {'-'.join(map(str, SIZES))}, omega 30, allocator: {'tcmalloc' if 'tcmalloc' in preload else 'default'}")
+
+    peaks = [matmul_peak(torch.float32)]
+    plans: list[tuple[str, list[tuple[str, bool]]]] = []
+    if "ccidir-jacobian" not in args.skip:
+        plans.append(("ccidir-jacobian", [("forward", False), ("autograd", False)] + [("forward", True)] * args.bf16))
+    if "bending" not in args.skip:
+        plans.append(("bending", [("forward", False), ("autograd", False)] + [("forward", True)] * args.bf16))
+    if "ccidir-bending" not in args.skip:
+        plans.append(("ccidir-bending", [("forward", False)] + [("autograd", False)] * args.ccidir_bending_baseline
+                      + [("forward", True)] * args.bf16))
+    results: dict[str, dict] = {}
+    for kind, variants in plans:
+        steps = {f"{m}{'-bf16' if b else ''}": make_step(kind, m, problem, xf, xb, b) for m, b in variants}
+        times = time_interleaved(steps, args.rounds)
+        peaks.append(matmul_peak(torch.float32))
+        results[kind] = {"times_s": times, "flops": step_flops(kind, args.points)}
+        del steps
+
+    peak = max(peaks)
+    bf16_peak = matmul_peak(torch.bfloat16) if args.bf16 else None
+    print(f"fp32 matmul peak (10000x256 @ 256x256, best in this run): {peak / 1e9:.0f} GFLOP/s"
+          + (f"; bf16 {bf16_peak / 1e9:.0f} GFLOP/s" if bf16_peak else ""))
+    print(f"{'step':<16} {'method':<14} {'best ms':>8} {'median ms':>9} {'SOL ms':>7} {'xSOL':>6}")
+    summary: dict[str, dict] = {}
+    for kind, res in results.items():
+        sol = res["flops"] / peak
+        summary[kind] = {"sol_ms": 1e3 * sol, "methods": {}}
+        for name, ts in res["times_s"].items():
+            best, med = min(ts), statistics.median(ts)
+            summary[kind]["methods"][name] = {"best_ms": 1e3 * best, "median_ms": 1e3 * med, "xsol_median": med / sol,
+                                              "xsol_best": best / sol, "times_ms": [1e3 * t for t in ts]}
+            print(f"{kind:<16} {name:<14} {1e3 * best:8.0f} {1e3 * med:9.0f} {1e3 * sol:7.0f} {med / sol:6.2f}")
+        if "autograd" in res["times_s"]:
+            for name in (n for n in res["times_s"] if n != "autograd"):
+                ratios = [a / f for a, f in zip(res["times_s"]["autograd"], res["times_s"][name])]
+                summary[kind]["methods"][name]["speedup_vs_autograd"] = statistics.median(ratios)
+                print(f"{kind:<16} {name:<14} {statistics.median(ratios):.2f}x faster than double backward "
+                      f"(median of per-round ratios; range {min(ratios):.2f}-{max(ratios):.2f})")
+    if args.json:
+        payload = {"points": args.points, "threads": torch.get_num_threads(), "fp32_peak_gflops": peak / 1e9,
+                   "bf16_peak_gflops": bf16_peak / 1e9 if bf16_peak else None, "allocator_preload": preload,
+                   "steps": summary}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=args.json.parent, delete=False, suffix=".tmp") as fh:
+            json.dump(payload, fh, indent=2)
+        os.replace(fh.name, args.json)
+
+
+if __name__ == "__main__":
+    main()
