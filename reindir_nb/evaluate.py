@@ -44,6 +44,7 @@ __all__ = [
     "summary_table",
     "format_summary",
     "wilcoxon_table",
+    "load_models",
     "elastix_available",
     "elastix_register",
     "KeypointPropagation",
@@ -431,6 +432,37 @@ def wilcoxon_table(
                      "median_diff": float(np.median(xa - xb)) if len(xa) else float("nan"),
                      "statistic": stat, "p_value": p})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ checkpoints
+def load_models(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int] | None]:
+    """The learned initialisers notebook 03 wrote into ``folder`` (``WORKSPACE/checkpoints``).
+
+    With a ``folds.csv`` (pair -> fold that held it out, from :func:`reindir_nb.meta.train_folds`)
+    and ``reptile_fold{i}.pt`` / ``reindir_fold{i}.pt`` next to it, the methods are per-fold
+    dicts ``{fold: model}`` and the fold mapping is returned; otherwise ``reptile.pt`` and
+    ``reindir.pt`` are single models and the mapping is None. Returns
+    ``({"Reptile": ..., "REINDIR": ...}, folds)`` with only the methods found."""
+    from . import meta
+
+    folder = Path(folder)
+    methods: dict[str, Any] = {}
+    for folds_csv in sorted(folder.rglob("folds.csv")):
+        table = pd.read_csv(folds_csv)
+        if not {"pair", "fold"} <= set(table.columns):
+            raise ValueError(f"{folds_csv}: needs columns pair, fold")
+        folds = {str(p): int(f) for p, f in zip(table["pair"], table["fold"])}
+        for label, kind in (("Reptile", "reptile"), ("REINDIR", "reindir")):
+            files = {int(m.group(1)): f for f in folds_csv.parent.glob(f"{kind}_fold*.pt")
+                     if (m := re.fullmatch(rf"{kind}_fold(\d+)\.pt", f.name))}
+            if files and set(files) >= set(folds.values()):
+                methods[label] = {k: meta.load(f) for k, f in sorted(files.items())}
+        if methods:
+            return methods, folds
+    for label, name in (("Reptile", "reptile.pt"), ("REINDIR", "reindir.pt")):
+        if (folder / name).is_file():
+            methods[label] = meta.load(folder / name)
+    return methods, None
 
 
 # -------------------------------------------------------------------- elastix
