@@ -421,7 +421,7 @@ class PairExplorer(_Explorer):
                                      description="level", continuous_update=True)
         self.width_w = W.FloatSlider(value=max(hi - lo, span / 100), min=span / 100, max=span, step=span / 200,
                                      description="window", continuous_update=True)
-        self.image_w = W.Image(format="png")
+        self.image_w = W.Image(format="png", width=int(figsize[0] * dpi))
         self.info_w = W.HTML()
         self.figure = _figure(figsize, dpi)
         self.ax = self.figure.add_axes((0.01, 0.02, 0.80, 0.90))
@@ -625,9 +625,9 @@ class LandmarkErrorExplorer(_Explorer):
         self.zoom_mm = float(zoom_mm)
         self.errors_before = pair.initial_distances()
         self.sort_w = W.ToggleButtons(options=self.SORT_KEYS, value=sort, description="sort by")
-        self.table_w = W.Select(options=[], rows=12, description="", layout=W.Layout(width="300px"))
-        self.header_w = W.HTML("<pre style='margin:0'>   #   before -> after (mm)</pre>")
-        self.image_w = W.Image(format="png")
+        self.table_w = W.Select(options=[], rows=14, description="", layout=W.Layout(width="230px", min_width="230px"))
+        self.header_w = W.HTML("<b>landmark: before &rarr; after (mm)</b>", layout=W.Layout(width="230px"))
+        self.image_w = W.Image(format="png", width=int(figsize[0] * dpi))
         self.figure = _figure(figsize, dpi)
         axes = self.figure.subplots(1, 4, gridspec_kw={"width_ratios": [1.2, 1, 1, 1]})
         self.ax_scatter, self.ax_views = axes[0], dict(zip(AXES, axes[1:]))
@@ -637,7 +637,8 @@ class LandmarkErrorExplorer(_Explorer):
 
         self.sort_w.observe(lambda _c: self._fill_table(), names="value")
         self.table_w.observe(_guarded(self, self._on_pick), names="value")
-        children = [self.sort_w, W.HBox([W.VBox([self.header_w, self.table_w]), self.image_w])]
+        table = W.VBox([self.header_w, self.table_w], layout=W.Layout(min_width="240px", flex="0 0 auto"))
+        children = [self.sort_w, W.HBox([table, self.image_w])]
         if plot_w is not None:
             children.append(plot_w)
         self.widget = W.VBox(children)
@@ -674,7 +675,7 @@ class LandmarkErrorExplorer(_Explorer):
         self.order = self.sort_order()
         self._syncing = True
         try:
-            self.table_w.options = [(f"{i:4d}  {before[i]:6.2f} -> {after[i]:6.2f}", int(i)) for i in self.order]
+            self.table_w.options = [(f"#{i}: {before[i]:.2f} \u2192 {after[i]:.2f}", int(i)) for i in self.order]
             self.table_w.value = self.state.landmark if self.state.landmark >= 0 else None
         finally:
             self._syncing = False
@@ -705,7 +706,7 @@ class LandmarkErrorExplorer(_Explorer):
         except ImportError:  # plotly >= 6 needs anywidget for FigureWidget
             fig = go.Figure()
         pts = self.pair.fixed_landmarks
-        fig.add_scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="markers", name="fixed landmarks",
+        fig.add_scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="markers", name="fixed landmarks", showlegend=False,
                           marker=dict(size=3, color=self.errors_after, colorscale="Reds", cmin=0,
                                       colorbar=dict(title="error (mm)")),
                           customdata=np.arange(len(pts)), hovertemplate="#%{customdata}: %{marker.color:.2f} mm<extra></extra>")
@@ -818,7 +819,7 @@ class IterationScrubber(_Explorer):
         its = list(run.recorded_iterations)
         self.iteration_w = W.SelectionSlider(options=its, value=self._iteration(), description="iteration",
                                              continuous_update=False)
-        self.image_w = W.Image(format="png")
+        self.image_w = W.Image(format="png", width=int(figsize[0] * dpi))
         self.figure = _figure(figsize, dpi)
         self.ax_curve, self.ax_image, self.ax_errors = self.figure.subplots(1, 3)
         self.figure.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.88, wspace=0.3)
@@ -844,6 +845,8 @@ class IterationScrubber(_Explorer):
         return (self.cursor_iteration, self.state.axis, self.state.index, self.state.landmark)
 
     def _draw(self) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         it, axis, index = self.cursor_iteration, self.state.axis, self.state.index
         hist = self.run.history
         ax = self.ax_curve
@@ -853,6 +856,7 @@ class IterationScrubber(_Explorer):
         if "tre_mean_forward_mm" in hist:
             ax.plot(hist["iteration"], hist["tre_mean_forward_mm"], linestyle="--", linewidth=1, label="forward")
         ax.axvline(it, color="black", linewidth=1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.tre_at_cursor = float("nan")
         if self.pair.has_landmarks:
             self.errors = self.volumes.errors(it)

@@ -209,7 +209,7 @@ def test_landmark_explorer_table_selection_and_views(toy):
     np.testing.assert_allclose(le.errors_before, np.linalg.norm(pair.moving_landmarks - pair.fixed_landmarks, axis=1))
     np.testing.assert_allclose(le.errors_after, [0.0, 1.0, 3.0, 2.0])  # only the y offsets remain
     assert list(le.order) == [2, 3, 1, 0]  # largest error after first
-    assert le.table_w.options[0][1] == 2 and "3.00" in le.table_w.options[0][0]
+    assert le.table_w.options[0] == ("#2: 5.00 \u2192 3.00", 2)
     assert le.selected == 2  # nothing picked: the views show the worst landmark
     le.sort_w.value = "index"
     assert [v for _, v in le.table_w.options] == [0, 1, 2, 3]
