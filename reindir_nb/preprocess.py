@@ -2,18 +2,21 @@
 intensity normalisation, scale augmentation, and :func:`prepare` (``rn.prepare``).
 
 Everything keeps world-mm geometry exact: resampling and cropping change the voxel grid,
-never where a world point is, so landmarks (world mm) are untouched.
+never where a world point is, so landmarks (world mm) are untouched. Images come in HU and
+leave :func:`prepare` normalised to [0, 1] (``0 <-> -1000 HU``, ``1 <-> 500 HU``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from .geometry import Grid
+from .geometry import Grid, apply_affine
 from .pair import Pair
 from .profiles import Profile, get_profile
 from .volume import Volume
@@ -31,71 +34,110 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HU_RANGE = (-1000.0, 500.0)  # window mapped to [0, 1] by normalize_intensity
+HU_RANGE = (-1000.0, 500.0)  # HU window mapped to [0, 1] by normalize_intensity
+
+_SLICE_2D = np.zeros((3, 3, 3), dtype=bool)  # 4-connectivity inside each axial (z) slice only
+_SLICE_2D[1] = ndimage.generate_binary_structure(2, 1)
 
 
+# ------------------------------------------------------------------ intensities
 def normalize_intensity(volume: Volume, hu_range: tuple[float, float] = HU_RANGE) -> Volume:
-    """Clip HU to ``hu_range`` and scale linearly to [0, 1] (float32, unitless)."""
-    lo, hi = hu_range
+    """Clip HU to ``hu_range`` and scale linearly to [0, 1] (float32, unitless):
+    ``hu_range[0]`` HU -> 0, ``hu_range[1]`` HU -> 1."""
+    lo, hi = (float(v) for v in hu_range)
+    if not hi > lo:
+        raise ValueError(f"{volume.name or 'volume'}: hu_range must be increasing, got {hu_range}")
     arr = (np.clip(volume.array.astype(np.float32), lo, hi) - lo) / (hi - lo)
     return volume.with_array(arr.astype(np.float32))
 
 
+def _hu_to_image_units(hu: float, pair_meta: dict[str, Any]) -> float:
+    """A HU value in the units of a pair's images (HU, or [0, 1] when already normalised)."""
+    if not pair_meta.get("normalized"):
+        return hu
+    lo, hi = pair_meta.get("hu_range", HU_RANGE)
+    return (float(np.clip(hu, lo, hi)) - lo) / (hi - lo)
+
+
+# ------------------------------------------------------------------- resampling
 def resample_to_grid(volume: Volume, grid: Grid, order: int = 1, default: float = 0.0) -> Volume:
-    """Resample ``volume`` onto ``grid`` in WORLD coordinates (order 1 = trilinear, 0 = nearest;
-    vector volumes component-wise); outside the source, ``default``."""
+    """Resample ``volume`` onto ``grid`` in WORLD coordinates (SimpleITK; ``order`` 1 = trilinear,
+    0 = nearest; vector volumes component-wise); world points outside the source get ``default``.
+    Boolean masks stay boolean."""
     import SimpleITK as sitk
 
+    if order not in (0, 1):
+        raise ValueError(f"{volume.name or 'volume'}: order must be 0 (nearest) or 1 (trilinear), got {order}")
     ref = sitk.Image([int(s) for s in grid.shape[::-1]], sitk.sitkUInt8)
     ref.SetSpacing(grid.spacing)
     ref.SetOrigin(grid.origin)
     ref.SetDirection(tuple(grid.direction.ravel()))
+    is_bool = volume.array.dtype == bool
+    src = volume.with_array(volume.array.astype(np.uint8)) if is_bool else volume
     interp = sitk.sitkLinear if order == 1 else sitk.sitkNearestNeighbor
-    src = volume.to_sitk() if volume.array.dtype != bool else volume.with_array(volume.array.astype(np.uint8)).to_sitk()
-    out = sitk.Resample(src, ref, sitk.Transform(), interp, float(default))
-    arr = sitk.GetArrayFromImage(out)
-    if volume.array.dtype == bool:
-        arr = arr > 0
-    return Volume(arr, grid, volume.name)
+    out = sitk.GetArrayFromImage(sitk.Resample(src.to_sitk(), ref, sitk.Transform(), interp, float(default)))
+    return Volume(out >= 0.5 if is_bool else out, grid, volume.name)
 
 
 def _isotropic_grid(grid: Grid, spacing_mm: float) -> Grid:
-    """Grid with isotropic ``spacing_mm`` whose first voxel centre is the old one and whose extent
-    covers the old extent (rounded to whole voxels)."""
+    """Grid with isotropic ``spacing_mm``, the same direction and first voxel centre, whose extent
+    matches the old extent to the nearest whole voxel per axis."""
     size_xyz = np.maximum(1, np.round(grid.extent_mm / spacing_mm).astype(int) + 1)
-    return Grid(tuple(size_xyz[::-1]), (spacing_mm,) * 3, grid.origin, grid.direction)
+    return Grid(tuple(size_xyz[::-1]), (float(spacing_mm),) * 3, grid.origin, grid.direction)
 
 
 def resample_isotropic(volume: Volume, spacing_mm: float, order: int = 1, antialias: bool = True) -> Volume:
-    """Resample to isotropic ``spacing_mm``; images trilinear (``order=1``) with a Gaussian
-    anti-aliasing blur along axes that get coarser, masks nearest (``order=0``)."""
+    """Resample to isotropic ``spacing_mm`` (mm): images trilinear (``order=1``) with a Gaussian
+    anti-aliasing blur (sigma = 0.4 x the coarsening factor, voxels) along axes that get coarser;
+    masks nearest (``order=0``). The first voxel centre keeps its world position (same origin and
+    direction) and the extent is kept to within half a new voxel per axis. Outside the source
+    (the last partial voxel) images get their minimum, masks 0."""
+    if not spacing_mm > 0:
+        raise ValueError(f"{volume.name or 'volume'}: spacing_mm must be positive, got {spacing_mm}")
     target = _isotropic_grid(volume.grid, spacing_mm)
     src = volume
     if antialias and order == 1 and volume.array.ndim == 3:
         factor = spacing_mm / np.array(volume.spacing)  # (x, y, z)
         sigma_zyx = np.where(factor > 1, 0.4 * factor, 0.0)[::-1]
         if np.any(sigma_zyx > 0):
-            src = volume.with_array(ndimage.gaussian_filter(volume.array.astype(np.float32), sigma_zyx))
-    return resample_to_grid(src, target, order=order, default=float(volume.array.min()) if order else 0.0)
+            src = volume.with_array(ndimage.gaussian_filter(volume.array.astype(np.float32), sigma_zyx, mode="nearest"))
+    default = float(volume.array.min()) if (order == 1 and volume.array.ndim == 3) else 0.0
+    return resample_to_grid(src, target, order=order, default=default)
 
 
-def crop_or_pad(volume: Volume, patch_size: tuple[int, int, int], centre_mm, pad_value: float | None = None) -> Volume:
-    """Crop/pad to ``patch_size`` (z, y, x) voxels centred on the world point ``centre_mm``
-    (snapped to the voxel grid). World positions of kept voxels do not change: the origin is
-    moved by whole voxels. Padding uses ``pad_value`` (default: the image minimum)."""
+# ------------------------------------------------------------------ crop / pad
+def crop_or_pad(
+    volume: Volume, patch_size_zyx: tuple[int, int, int], centre_mm, pad_value: float | None = None
+) -> Volume:
+    """Crop/pad to ``patch_size_zyx`` (z, y, x) voxels around the world point ``centre_mm`` (x, y, z).
+
+    The patch's central voxel (index ``size // 2`` per axis) is the source voxel nearest to
+    ``centre_mm``. No interpolation: every kept voxel keeps its value AND its world position (the
+    origin moves by whole voxels along the direction axes). Padding uses ``pad_value`` (default:
+    the image minimum; 0 for masks)."""
     grid = volume.grid
+    size = np.array(tuple(int(s) for s in patch_size_zyx)[::-1])  # (x, y, z)
+    if len(size) != 3 or size.min() < 1:
+        raise ValueError(
+            f"{volume.name or 'volume'}: patch size must be three positive (z, y, x) sizes, got {patch_size_zyx}"
+        )
     centre_idx = np.round(grid.world_to_index(np.asarray(centre_mm, float).reshape(1, 3))[0]).astype(int)
-    size = np.array(patch_size[::-1])  # (x, y, z)
     start = centre_idx - size // 2
-    new_origin = grid.index_to_world(start.reshape(1, 3).astype(float))[0]
-    target = Grid(tuple(patch_size), grid.spacing, tuple(new_origin), grid.direction)
-    fill = float(volume.array.min()) if pad_value is None else pad_value
-    shape = tuple(patch_size) + volume.array.shape[3:]
-    out = np.full(shape, fill, dtype=volume.array.dtype)
-    src_lo = np.maximum(start, 0)
-    src_hi = np.minimum(start + size, grid.size_xyz.astype(int))
+    return _crop_at(volume, start, size, pad_value)
+
+
+def _crop_at(volume: Volume, start_xyz: np.ndarray, size_xyz: np.ndarray, pad_value: float | None) -> Volume:
+    """Patch of ``size_xyz`` voxels whose first voxel is source index ``start_xyz`` (may be outside)."""
+    grid = volume.grid
+    new_origin = grid.index_to_world(start_xyz.reshape(1, 3).astype(float))[0]
+    target = Grid(tuple(int(s) for s in size_xyz[::-1]), grid.spacing, tuple(new_origin), grid.direction)
+    if pad_value is None:
+        pad_value = 0 if volume.array.dtype == bool else float(volume.array.min())
+    out = np.full(target.shape + volume.array.shape[3:], pad_value, dtype=volume.array.dtype)
+    src_lo = np.maximum(start_xyz, 0)
+    src_hi = np.minimum(start_xyz + size_xyz, grid.size_xyz.astype(int))
     if np.all(src_hi > src_lo):
-        dst_lo = src_lo - start
+        dst_lo = src_lo - start_xyz
         dst_hi = dst_lo + (src_hi - src_lo)
         out[dst_lo[2]:dst_hi[2], dst_lo[1]:dst_hi[1], dst_lo[0]:dst_hi[0]] = volume.array[
             src_lo[2]:src_hi[2], src_lo[1]:src_hi[1], src_lo[0]:src_hi[0]
@@ -103,77 +145,150 @@ def crop_or_pad(volume: Volume, patch_size: tuple[int, int, int], centre_mm, pad
     return Volume(out, target, volume.name)
 
 
+# ------------------------------------------------------------------- lung mask
+@functools.lru_cache(maxsize=1)
+def _lungmask_inferer() -> Any:
+    """The ``lungmask`` (Hofmanninger et al.) model when the package imports AND its weights load;
+    else None (logged once). Cached: weights are loaded at most once per process."""
+    try:
+        from lungmask import LMInferer  # type: ignore[import-not-found]
+    except Exception:  # not installed: the optional extra is absent, nothing to say
+        return None
+    try:
+        return LMInferer()
+    except Exception as err:  # weights are downloaded on first use; no network here
+        log.warning("lungmask is installed but its weights could not be loaded (%s); "
+                    "using the threshold lung mask", err)
+        return None
+
+
 def _lung_mask_lungmask_package(volume: Volume) -> Volume | None:
-    """The Hofmanninger et al. ``lungmask`` model when installed AND its weights load; else None."""
-    try:
-        from lungmask import LMInferer  # type: ignore
-    except Exception:
+    inferer = _lungmask_inferer()
+    if inferer is None:
         return None
     try:
-        labels = LMInferer().apply(volume.to_sitk())
-    except Exception as err:  # weights cannot be downloaded here
-        log.warning("lungmask is installed but could not run (%s); using the threshold mask", err)
+        labels = np.asarray(inferer.apply(volume.to_sitk()))
+    except Exception as err:
+        log.warning("lungmask failed on %s (%s); using the threshold lung mask", volume.name or "image", err)
         return None
-    return volume.with_array(np.asarray(labels) > 0, name=f"{volume.name} lung mask (lungmask)")
+    if labels.shape != volume.grid.shape or not labels.any():
+        log.warning("lungmask found no lungs in %s; using the threshold lung mask", volume.name or "image")
+        return None
+    return volume.with_array(labels > 0, name=f"{volume.name} lung mask (lungmask)")
 
 
-def lung_mask(volume: Volume, threshold_hu: float = -400.0, use_lungmask: bool = True) -> Volume:
-    """Lung mask of a CT in HU (bool Volume).
+def _outside_air(array: np.ndarray, air: np.ndarray, clear_air_hu: float, rim_voxels: int) -> np.ndarray:
+    """Air outside the body, slice by slice: clear air (< ``clear_air_hu``) connected to the slice
+    border, grown ``rim_voxels`` into the partial-volume rim. Lung parenchyma (about -850 HU) is not
+    clear air, so lungs that touch the border of a cropped image are kept, and a lung that touches
+    the outside through a partial-volume gap in a thin chest wall is not swallowed."""
+    clear = array < clear_air_hu
+    labels, _ = ndimage.label(clear, structure=_SLICE_2D)
+    border = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
+    outside = np.isin(labels, border[border > 0])
+    if rim_voxels > 0 and outside.any():
+        outside = ndimage.binary_dilation(outside, structure=_SLICE_2D, iterations=rim_voxels, mask=air)
+    return outside
 
-    With ``use_lungmask`` the ``lungmask`` package (optional extra) is tried first; by default,
-    and whenever it is unavailable, air below ``threshold_hu`` is taken, per axial slice the air
-    regions touching the slice border are outside air, the two largest remaining 3D regions are the lungs (one if
-    the second is < 20 % of the first), vessels are filled slice by slice and the mask is closed.
+
+def _closing_padded(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary closing (6-neighbour cross) that does not erode voxels at the array faces."""
+    if iterations < 1:
+        return mask
+    padded = np.pad(mask, iterations + 1)
+    closed = ndimage.binary_closing(padded, structure=ndimage.generate_binary_structure(3, 1), iterations=iterations)
+    inner = tuple(slice(iterations + 1, -(iterations + 1)) for _ in range(3))
+    return closed[inner] | mask
+
+
+def lung_mask(
+    volume: Volume,
+    threshold_hu: float = -400.0,
+    use_lungmask: bool = True,
+    clear_air_hu: float = -950.0,
+    second_lung_fraction: float = 0.2,
+    max_hole_mm2: float = 600.0,
+) -> Volume:
+    """Lung mask (bool Volume) of a CT in HU.
+
+    With ``use_lungmask`` the ``lungmask`` package (optional extra ``reindir_nb[lungmask]``) is
+    used when it imports and its weights load; otherwise (the default here: its weights cannot be
+    downloaded) a warning is logged once and the threshold method runs:
+
+    1. air = voxels below ``threshold_hu``;
+    2. outside air removed slice by slice (clear air below ``clear_air_hu`` connected to the slice
+       border, plus its partial-volume rim), so only air inside the body remains;
+    3. 3D connected components: the largest is kept, and the second largest too when it has at
+       least ``second_lung_fraction`` of the largest's volume (two lungs; one component when they
+       are joined through the airways); gas in the bowel or stomach is smaller and dropped;
+    4. holes up to ``max_hole_mm2`` filled slice by slice (vessels, airways; not the diaphragm
+       domes, which appear as large tissue islands in axial slices near the lung bases), then a
+       small closing (two 6-neighbour steps).
+
     Raises ValueError naming the image when no lung-like region exists.
     """
+    name = volume.name or "image"
+    if volume.array.ndim != 3:
+        raise ValueError(f"{name}: lung_mask needs a scalar 3D image, got shape {volume.array.shape}")
     if use_lungmask:
         found = _lung_mask_lungmask_package(volume)
         if found is not None:
             return found
-    a = np.asarray(volume.array)
+    a = np.asarray(volume.array, dtype=np.float32)
     air = a < threshold_hu
     if not air.any():
-        raise ValueError(f"{volume.name or 'image'}: no voxel below {threshold_hu:g} HU, cannot find lungs")
-    # outside air, slice by slice: 2D air regions touching the slice border (a 3D labelling
-    # leaks into the lungs through the airways or a thin chest wall at the top/bottom faces)
-    body_air = air.copy()
-    for z in range(air.shape[0]):
-        lab2, _ = ndimage.label(air[z])
-        border = np.unique(np.concatenate([lab2[0], lab2[-1], lab2[:, 0], lab2[:, -1]]))
-        body_air[z] &= ~np.isin(lab2, border[border > 0])
-    if not body_air.any():  # cropped to the lungs: they touch the faces too; keep all air
-        body_air = air
-    labels, n = ndimage.label(body_air)
-    sizes = ndimage.sum_labels(np.ones_like(labels, dtype=np.int64), labels, index=np.arange(1, n + 1)).astype(float)
+        raise ValueError(f"{name}: no voxel below {threshold_hu:g} HU, cannot find lungs")
+    in_plane = min(volume.spacing[0], volume.spacing[1])
+    rim = max(1, int(np.ceil(2.0 / in_plane)))  # about 2 mm of partial-volume skin edge
+    inside_air = air & ~_outside_air(a, air, clear_air_hu, rim)
+    labels, n = ndimage.label(inside_air)
+    if n == 0:
+        raise ValueError(f"{name}: all air below {threshold_hu:g} HU is outside the body; no lungs found")
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(float)
     order = np.argsort(sizes)[::-1]
     keep = [order[0] + 1]
-    if n > 1 and sizes[order[1]] > 0.2 * sizes[order[0]]:
+    if n > 1 and sizes[order[1]] >= second_lung_fraction * sizes[order[0]]:
         keep.append(order[1] + 1)
     mask = np.isin(labels, keep)
-    mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
-    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
+    max_hole = max_hole_mm2 / (volume.spacing[0] * volume.spacing[1])  # voxels
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        holes, k = ndimage.label(ndimage.binary_fill_holes(mask[z]) & ~mask[z])
+        if k:
+            area = np.bincount(holes.ravel(), minlength=k + 1)
+            mask[z] |= (area <= max_hole)[holes] & (holes > 0)
+    mask = _closing_padded(mask, 2)
     if mask.sum() < 10:
-        raise ValueError(f"{volume.name or 'image'}: lung mask is (nearly) empty")
+        raise ValueError(f"{name}: lung mask is (nearly) empty ({int(mask.sum())} voxels)")
     return volume.with_array(mask, name=f"{volume.name} lung mask (threshold {threshold_hu:g} HU)")
 
 
-def scale_augment(pair: Pair, scale: float | None = None, generator: np.random.Generator | None = None,
-                  scale_range: tuple[float, float] = (0.8, 1.2)) -> Pair:
-    """The same pair with its anatomy scaled by ``scale`` (drawn from ``scale_range`` with
-    ``generator`` when None) about the fixed image centre, on the SAME voxel grids.
+# ---------------------------------------------------------------- augmentation
+def scale_augment(
+    pair: Pair,
+    scale: float | None = None,
+    generator: np.random.Generator | None = None,
+    scale_range: tuple[float, float] = (0.8, 1.2),
+    seed: int | None = None,
+) -> Pair:
+    """The same pair with its anatomy scaled by ``scale`` about the fixed image centre, on the
+    SAME voxel grids. Without ``scale`` it is drawn uniformly from ``scale_range`` with
+    ``generator`` (or ``np.random.default_rng(seed)``).
 
-    The world map ``S(x) = c + s (x - c)`` is applied consistently: images and masks are
-    resampled (``I'(x) = I(S^-1 x)``), landmarks become ``S(l)``, the ground-truth displacement
-    becomes ``u'(x) = s u(S^-1 x)``. Landmark pairs that leave either image are dropped from both.
+    The world map ``S(x) = c + s (x - c)`` is applied consistently to both sides: images and
+    masks are resampled (``I'(x) = I(S^-1 x)``; masks nearest), landmarks become ``S(l)``, the
+    ground-truth displacement becomes ``u'(x) = s u(S^-1 x)`` (so ``S(l) + u'(S(l)) = S(l + u(l))``).
+    Landmark pairs that leave either image are dropped from both. ``meta["scale"]`` holds the
+    total scale; ``meta["motion"]`` (an exact phantom motion, no longer valid) is removed.
     """
     if scale is None:
-        rng = generator if generator is not None else np.random.default_rng()
+        rng = generator if generator is not None else np.random.default_rng(seed)
         scale = float(rng.uniform(*scale_range))
-    if scale <= 0:
+    scale = float(scale)
+    if not scale > 0:
         raise ValueError(f"{pair.name}: scale must be positive, got {scale}")
     centre = pair.fixed.grid.index_to_world(((pair.fixed.grid.size_xyz - 1) / 2).reshape(1, 3))[0]
 
-    def scaled_grid(g: Grid) -> Grid:  # where the voxels of g land under S
+    def scaled_grid(g: Grid) -> Grid:  # where the voxel centres of g land under S
         origin = centre + scale * (np.array(g.origin) - centre)
         return Grid(g.shape, tuple(scale * np.array(g.spacing)), tuple(origin), g.direction)
 
@@ -190,69 +305,146 @@ def scale_augment(pair: Pair, scale: float | None = None, generator: np.random.G
         ml = centre + scale * (pair.moving_landmarks - centre)
         keep = pair.fixed.grid.contains(fl) & pair.moving.grid.contains(ml)
         fl, ml = fl[keep], ml[keep]
+    meta = {k: v for k, v in pair.meta.items() if k != "motion"}
+    meta["scale"] = scale * float(pair.meta.get("scale", 1.0))
     return replace(
         pair,
         fixed=rescale(pair.fixed, 1), moving=rescale(pair.moving, 1),
         fixed_mask=rescale(pair.fixed_mask, 0), moving_mask=rescale(pair.moving_mask, 0),
         ground_truth=rescale(pair.ground_truth, 1, factor=scale),
-        fixed_landmarks=fl, moving_landmarks=ml,
-        meta={**pair.meta, "scale": scale},
+        fixed_landmarks=fl, moving_landmarks=ml, meta=meta,
     )
 
 
-def _crop_centre(mask: Volume, points: np.ndarray | None, patch_size, spacing_mm: float) -> np.ndarray:
-    """World centre of the crop: the lung-mask box centre, shifted so the landmarks fit if possible."""
-    idx = np.argwhere(mask.array > 0)  # (z, y, x)
-    lo = mask.grid.index_to_world(idx.min(0)[::-1].reshape(1, 3).astype(float))[0]
-    hi = mask.grid.index_to_world(idx.max(0)[::-1].reshape(1, 3).astype(float))[0]
-    centre = (lo + hi) / 2
-    if points is not None and len(points):
-        half = (np.array(patch_size[::-1]) - 1) / 2 * spacing_mm - spacing_mm  # world half-extent, 1 voxel margin
-        plo, phi = points.min(0), points.max(0)
-        # smallest shift that brings [plo, phi] inside [centre - half, centre + half] (when it fits)
-        centre = np.clip(centre, phi - half, plo + half) if np.all(phi - plo <= 2 * half) else (plo + phi) / 2
-    return centre
+# --------------------------------------------------------------------- prepare
+def _crop_start(mask: Volume, points_mm: np.ndarray | None, size_xyz: np.ndarray, centre_mm, pair_name: str,
+                side: str) -> np.ndarray:
+    """First voxel (index x, y, z of ``mask``'s grid) of the patch: centred on ``centre_mm`` (default:
+    the lung mask's bounding-box centre), then shifted by the least amount that puts every landmark
+    at least one voxel inside (centred on the landmarks when that does not fit: each then lies at
+    most half a voxel outside the outer voxel centres). Raises when the landmarks span more than
+    the patch."""
+    grid = mask.grid
+    if centre_mm is None:
+        idx = np.argwhere(mask.array)[:, ::-1]  # (x, y, z)
+        centre_idx = (idx.min(0) + idx.max(0)) / 2
+    else:
+        centre_idx = grid.world_to_index(np.asarray(centre_mm, float).reshape(1, 3))[0]
+    start = np.round(centre_idx).astype(int) - size_xyz // 2
+    if points_mm is None or not len(points_mm):
+        return start
+    p = grid.world_to_index(points_mm)
+    lo, hi = p.min(0), p.max(0)
+    span = hi - lo
+    if np.any(span > size_xyz - 1):
+        spacing = np.array(grid.spacing)
+        raise ValueError(
+            f"{pair_name}: the {side} landmarks span {np.round(span * spacing, 1).tolist()} mm (x, y, z) but the "
+            f"{tuple(int(s) for s in size_xyz[::-1])} (z, y, x) patch at {spacing[0]:g} mm covers only "
+            f"{np.round((size_xyz - 1) * spacing, 1).tolist()} mm; use a profile with a larger patch or coarser spacing"
+        )
+    # integer starts keeping every landmark one voxel inside: lo - start >= 1, start + size - 1 - hi >= 1
+    s_min = np.ceil(hi + 1.0 - (size_xyz - 1)).astype(int)
+    s_max = np.floor(lo - 1.0).astype(int)
+    fits = s_min <= s_max
+    centred = np.round((lo + hi - (size_xyz - 1)) / 2).astype(int)  # within half a voxel of inside
+    return np.where(fits, np.clip(start, s_min, np.maximum(s_max, s_min)), centred)
 
 
-def prepare(pair: Pair, profile: "str | Profile" = "demo") -> Pair:
-    """Resample/crop/normalise a pair for a run profile; world-mm geometry is kept exact.
+def _resolve_prealign(prealign: Any, fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask: Volume,
+                      pair: Pair) -> np.ndarray | None:
+    """4x4 fixed-world -> moving-world matrix for ``prealign`` (None: no pre-alignment)."""
+    if prealign is None or (isinstance(prealign, str) and prealign == "none"):
+        return None
+    if not isinstance(prealign, str):
+        matrix = np.asarray(prealign, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+            raise ValueError(
+                f"{pair.name}: prealign must be a finite 4x4 matrix or 'rigid'/'affine'/'auto', got {matrix.shape}"
+            )
+        return matrix
+    if prealign not in ("rigid", "affine", "auto"):
+        raise ValueError(
+            f"{pair.name}: prealign must be None, 'none', 'rigid', 'affine', 'auto' or a 4x4 matrix, got {prealign!r}"
+        )
+    from .prealign import estimate_prealign
 
-    Steps: lung masks when missing (HU images); each image, mask and the ground truth resampled
-    to the profile's isotropic ``spacing_mm``; each side cropped/padded to ``patch_size`` around
-    its lung-mask centre (shifted so the landmarks fit); intensities clipped to
-    :data:`HU_RANGE` and scaled to [0, 1]. Sets ``meta["prepared"]`` and ``meta["normalized"]``.
-    Raises ValueError naming the pair when landmarks cannot all be kept inside the patches.
+    iso = Pair(fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, name=pair.name, dataset=pair.dataset,
+               fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks)
+    kind = prealign
+    if prealign == "auto":
+        from .register import needs_prealign
+
+        kind = "affine" if needs_prealign(iso) else "none"
+    return estimate_prealign(iso, kind)
+
+
+def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None) -> Pair:
+    """Resample, crop and normalise a pair for a run profile; world-mm geometry is kept exact.
+
+    Steps: lung masks when missing (:func:`lung_mask`); each image (trilinear, anti-aliased),
+    mask and the ground truth resampled to the profile's isotropic ``spacing_mm``; each side
+    cropped/padded to ``patch_size`` (z, y, x) around its own lung-mask centre, shifted so that
+    its landmarks stay inside (a ValueError naming the pair when they span more than the patch);
+    intensities clipped to :data:`HU_RANGE` and scaled to [0, 1] unless ``meta["normalized"]``
+    says they already are. Fixed and moving keep their own world geometry and landmarks are not
+    changed. ``prealign`` (None, "rigid", "affine", "auto" or a 4x4 fixed->moving world matrix)
+    centres the moving patch on the pre-aligned fixed centre instead, so both patches hold the
+    same anatomy when the scans are positioned differently; the matrix goes to
+    ``meta["prealign_matrix"]``. Sets ``meta["prepared"] = profile name`` and
+    ``meta["normalized"] = True``. A pair already prepared for this profile is returned as is.
     """
     prof = get_profile(profile)
-    if pair.meta.get("prepared"):
+    if pair.meta.get("prepared") == prof.name and prealign is None:
         return pair
-    if pair.meta.get("normalized"):
-        raise ValueError(f"{pair.name}: images are already normalised but not prepared; give the HU pair")
-    sp, patch = prof.spacing_mm, prof.patch_size
-    fmask = pair.fixed_mask if pair.fixed_mask is not None else lung_mask(pair.fixed)
-    mmask = pair.moving_mask if pair.moving_mask is not None else lung_mask(pair.moving)
+    sp = float(prof.spacing_mm)
+    size_xyz = np.array(prof.patch_size[::-1], dtype=int)
+    normalized = bool(pair.meta.get("normalized"))
+    hu_range = tuple(pair.meta.get("hu_range", HU_RANGE))
 
-    def side(image: Volume, mask: Volume, points, gt: Volume | None):
+    def mask_of(image: Volume, mask: Volume | None) -> Volume:
+        if mask is not None:
+            return mask
+        if normalized:  # threshold in [0, 1] units; the lungmask model needs HU
+            return lung_mask(image, threshold_hu=_hu_to_image_units(-400.0, pair.meta),
+                             clear_air_hu=_hu_to_image_units(-950.0, pair.meta), use_lungmask=False)
+        return lung_mask(image)
+
+    def to_iso(image: Volume, mask: Volume) -> tuple[Volume, Volume]:
         image_iso = resample_isotropic(image, sp)
-        mask_iso = resample_to_grid(mask.with_array(mask.array > 0), image_iso.grid, order=0)
+        mask_f = mask.with_array((mask.array > 0).astype(np.float32))
+        mask_iso = resample_to_grid(mask_f, image_iso.grid, order=1, default=0.0)
+        mask_iso = mask_iso.with_array(mask_iso.array >= 0.5)
         if not mask_iso.array.any():
-            raise ValueError(f"{pair.name}: lung mask of {image.name or 'image'} vanishes at {sp} mm")
-        centre = _crop_centre(mask_iso, points, patch, sp)
-        img = crop_or_pad(image_iso, patch, centre, pad_value=float(image.array.min()))
-        msk = crop_or_pad(mask_iso, patch, centre, pad_value=0)
-        gt_out = None
-        if gt is not None:
-            gt_out = resample_to_grid(gt, img.grid, order=1, default=0.0)
-        return normalize_intensity(img), msk, gt_out
+            raise ValueError(f"{pair.name}: the lung mask of {image.name or 'an image'} vanishes at {sp:g} mm")
+        return image_iso, mask_iso
 
-    fixed, fixed_mask, gt = side(pair.fixed, fmask, pair.fixed_landmarks, pair.ground_truth)
-    moving, moving_mask, _ = side(pair.moving, mmask, pair.moving_landmarks, None)
-    if not fixed_mask.array.any() or not moving_mask.array.any():
-        raise ValueError(f"{pair.name}: the lung mask is empty after cropping to {patch}")
-    try:
-        return replace(
-            pair, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask, ground_truth=gt,
-            meta={**pair.meta, "prepared": prof.name, "normalized": True, "hu_range": list(HU_RANGE)},
-        )
-    except ValueError as err:
-        raise ValueError(f"{pair.name}: landmarks do not fit the {patch} patch at {sp} mm ({err})") from None
+    f_img, f_msk = to_iso(pair.fixed, mask_of(pair.fixed, pair.fixed_mask))
+    m_img, m_msk = to_iso(pair.moving, mask_of(pair.moving, pair.moving_mask))
+    matrix = _resolve_prealign(prealign, f_img, m_img, f_msk, m_msk, pair)
+
+    f_start = _crop_start(f_msk, pair.fixed_landmarks, size_xyz, None, pair.name, "fixed")
+    m_centre = None
+    if matrix is not None:  # moving patch centred where the fixed patch centre maps to
+        f_centre = f_img.grid.index_to_world((f_start + size_xyz // 2).reshape(1, 3).astype(float))
+        m_centre = apply_affine(matrix, f_centre)[0]
+    m_start = _crop_start(m_msk, pair.moving_landmarks, size_xyz, m_centre, pair.name, "moving")
+
+    def crop(image: Volume, mask: Volume, start: np.ndarray, source: Volume) -> tuple[Volume, Volume]:
+        img = _crop_at(image, start, size_xyz, float(source.array.min()))
+        msk = _crop_at(mask, start, size_xyz, False)
+        if not msk.array.any():
+            raise ValueError(
+                f"{pair.name}: the lung mask of {source.name or 'an image'} is empty after cropping to {prof.patch_size}"
+            )
+        return (img if normalized else normalize_intensity(img, HU_RANGE)), msk
+
+    fixed, fixed_mask = crop(f_img, f_msk, f_start, pair.fixed)
+    moving, moving_mask = crop(m_img, m_msk, m_start, pair.moving)
+    gt = None if pair.ground_truth is None else resample_to_grid(pair.ground_truth, fixed.grid, order=1, default=0.0)
+    meta = {**pair.meta, "prepared": prof.name, "normalized": True,
+            "hu_range": list(hu_range if normalized else HU_RANGE)}
+    if matrix is not None:
+        meta["prealign_matrix"] = matrix.tolist()
+    return replace(pair, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                   ground_truth=gt, meta=meta)
