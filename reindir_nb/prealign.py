@@ -2,6 +2,10 @@
 
 Returns a 4x4 matrix mapping FIXED world mm to MOVING world mm (the same direction as the
 deformable registration), which :class:`reindir_nb.objective.Problem` composes with the INRs.
+``register(prealign="auto")`` picks "affine" when the two lung-mask centroids are more than
+:data:`reindir_nb.register.PREALIGN_AUTO_MM` (15 mm) apart, else none (see
+:func:`reindir_nb.register.resolve_prealign`). Measured on the bundled real pair (35.3 mm apart,
+51 landmarks), affine NCC alone: 7.3 mm mean TRE at 8 mm voxels, 6.2 mm at 4 mm.
 """
 
 from __future__ import annotations
@@ -59,10 +63,14 @@ def estimate_prealign(
     default (deterministic; ITK's random sampling varies between runs even with a seed), or a
     random ``sampling`` fraction with ``seed`` for large images. ``kind="none"`` returns the identity.
     """
+    if kind not in ("none", "rigid", "affine"):
+        raise ValueError(f"{pair.name}: prealign kind must be 'none', 'rigid' or 'affine', got {kind!r}")
+    if metric not in ("ncc", "mi"):
+        raise ValueError(f"{pair.name}: prealign metric must be 'ncc' or 'mi', got {metric!r}")
+    if len(shrink_factors) != len(smoothing_mm):
+        raise ValueError(f"{pair.name}: one smoothing per shrink level needed, got {shrink_factors} and {smoothing_mm}")
     if kind == "none":
         return np.eye(4)
-    if kind not in ("rigid", "affine"):
-        raise ValueError(f"prealign must be 'none', 'rigid' or 'affine', got {kind!r}")
     import SimpleITK as sitk
 
     fixed, moving = _float_image(pair.fixed), _float_image(pair.moving)
@@ -79,10 +87,8 @@ def estimate_prealign(
     reg = sitk.ImageRegistrationMethod()
     if metric == "ncc":
         reg.SetMetricAsCorrelation()
-    elif metric == "mi":
-        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     else:
-        raise ValueError(f"metric must be 'ncc' or 'mi', got {metric!r}")
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     if sampling < 1.0:
         reg.SetMetricSamplingStrategy(reg.RANDOM)
         reg.SetMetricSamplingPercentage(sampling, seed)

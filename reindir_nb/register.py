@@ -27,15 +27,22 @@ from tqdm.auto import tqdm
 
 from . import derivatives
 from .device import get_device, make_generator
-from .geometry import apply_affine
+from .geometry import Grid
 from .inr import Params, SirenConfig, clone_params, init_siren, siren
 from .objective import LossWeights, Problem, apply_matrix, ccidir_terms
 from .pair import Pair
 from .profiles import get_profile
+from .volume import Volume
 
-__all__ = ["Initialiser", "RegistrationRun", "register", "target_registration_error", "PREALIGN_AUTO_MM"]
+__all__ = [
+    "Initialiser", "RegistrationRun", "register", "target_registration_error", "needs_prealign",
+    "prealign_distance_mm", "resolve_prealign", "PREALIGN_AUTO_MM",
+]
 
-# "auto" pre-alignment: affine when the lung-mask centroids (or landmark sets) are further apart
+# "auto" pre-alignment threshold (mm) on the distance between the two lung-mask centroids.
+# Breathing alone moves the lung centroid by up to ~10 mm (phantoms of every style, the
+# thorax-ct pair: 7-10.5 mm); a positioning difference between scans (the real elastix-lung pair:
+# 35 mm) is larger. Below the threshold the INR models the whole motion.
 PREALIGN_AUTO_MM = 15.0
 FIELD_CHUNK = 32768
 
@@ -44,9 +51,15 @@ FIELD_CHUNK = 32768
 class Initialiser(Protocol):
     """What ``register(init=...)`` accepts besides "random" (Reptile templates, REINDIR models).
 
-    ``initial_params(problem)`` returns the forward and backward SIREN parameter lists to start
-    from (register clones them); ``siren_config`` gives omega; after the call,
-    ``encoder_seconds`` (optional) holds the wall time spent computing them.
+    - ``siren_config``: the :class:`~reindir_nb.inr.SirenConfig` of the networks (its ``omega``
+      is used by the whole run; ``register``'s own ``omega``/``output_scale`` are ignored).
+    - ``initial_params(problem)``: given the pair's :class:`~reindir_nb.objective.Problem`
+      (images, masks, frames, pre-alignment already composed), return ``(forward, backward)``
+      parameter lists ``[W0, b0, ..., W3, b3]`` of that architecture, on any device. They are the
+      starting point: ``register`` clones them (the caller's tensors are never modified).
+    - ``encoder_seconds`` (optional attribute, set by ``initial_params``): wall seconds spent
+      computing them (e.g. the REINDIR encoder); it becomes ``history.seconds`` at iteration 0.
+      Without it, ``register`` times the call itself.
     """
 
     siren_config: SirenConfig
@@ -63,19 +76,49 @@ def target_registration_error(predicted_mm: np.ndarray, target_mm: np.ndarray) -
     }
 
 
-def _mask_centroid(pair: Pair, side: str) -> np.ndarray:
+def _foreground_centroid(pair: Pair, side: str) -> np.ndarray:
+    """World mm centroid of the lung mask of ``side`` (without a mask: of the voxels brighter
+    than the image's median, a crude body foreground)."""
     vol = pair.fixed if side == "fixed" else pair.moving
     mask = pair.fixed_mask if side == "fixed" else pair.moving_mask
-    idx = np.argwhere(mask.array > 0) if mask is not None else np.argwhere(np.ones(vol.grid.shape, bool))
-    return vol.grid.index_to_world(idx.mean(0)[::-1].reshape(1, 3))[0]
+    inside = np.asarray(mask.array) > 0 if mask is not None else np.asarray(vol.array) > np.median(vol.array)
+    if not inside.any():
+        inside = np.ones(vol.grid.shape, dtype=bool)
+    return vol.grid.index_to_world(np.argwhere(inside).mean(0)[::-1].reshape(1, 3))[0]
+
+
+def prealign_distance_mm(pair: Pair) -> float:
+    """Distance (mm) between the fixed and moving lung-mask centroids (image-derived; landmarks
+    are evaluation data and are not used)."""
+    return float(np.linalg.norm(_foreground_centroid(pair, "moving") - _foreground_centroid(pair, "fixed")))
 
 
 def needs_prealign(pair: Pair) -> bool:
-    """True when the landmark sets (or, without landmarks, the lung-mask centroids) are more than
-    :data:`PREALIGN_AUTO_MM` apart on average — a positioning difference, not breathing."""
-    if pair.has_landmarks:
-        return float(np.linalg.norm((pair.moving_landmarks - pair.fixed_landmarks).mean(0))) > PREALIGN_AUTO_MM
-    return float(np.linalg.norm(_mask_centroid(pair, "moving") - _mask_centroid(pair, "fixed"))) > PREALIGN_AUTO_MM
+    """The ``prealign="auto"`` decision: True when :func:`prealign_distance_mm` exceeds
+    :data:`PREALIGN_AUTO_MM` (a positioning difference between the scans, not breathing)."""
+    return prealign_distance_mm(pair) > PREALIGN_AUTO_MM
+
+
+def resolve_prealign(pair: Pair, prealign: "str | np.ndarray" = "auto") -> tuple[str, np.ndarray]:
+    """``(kind, 4x4 matrix fixed world mm -> moving world mm)`` for ``register(prealign=...)``.
+
+    "auto": the matrix :func:`reindir_nb.prepare` stored in ``pair.meta["prealign_matrix"]`` when
+    there is one, else "affine" if :func:`needs_prealign`, else "none" (identity). "affine",
+    "rigid": estimated with :func:`reindir_nb.prealign.estimate_prealign`. A 4x4 array is used as is.
+    """
+    if not isinstance(prealign, str):
+        matrix = np.asarray(prealign, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
+            raise ValueError(f"{pair.name}: prealign matrix must be a finite invertible 4x4 (fixed mm -> moving mm)")
+        return "matrix", matrix
+    if prealign not in ("auto", "affine", "rigid", "none"):
+        raise ValueError(f"{pair.name}: prealign must be 'auto', 'affine', 'rigid', 'none' or a 4x4 matrix, got {prealign!r}")
+    if prealign == "auto" and pair.meta.get("prealign_matrix") is not None:
+        return "prepared", np.asarray(pair.meta["prealign_matrix"], dtype=np.float64)
+    from .prealign import estimate_prealign
+
+    kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
+    return kind, estimate_prealign(pair, kind)
 
 
 @dataclass
@@ -123,22 +166,23 @@ class RegistrationRun:
         return torch.as_tensor(x, dtype=self.problem.fixed.dtype, device=self.problem.device)
 
     @torch.no_grad()
-    def _estimates(self, x: Tensor, iteration: int | None) -> tuple[Tensor, Tensor]:
-        """Forward estimate y_F = phi_F(x) and inverted-backward estimate y_B (one Newton step on
-        phi_B(y) = x from y_F), both in moving INR coords, for INR points x (N, 3)."""
+    def _estimates(self, x: Tensor, iteration: int | None, backward: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Forward estimate y_F = phi_F(x) and (``backward=True``) the inverted-backward estimate
+        y_B (one Newton step on phi_B(y) = x from y_F), both in moving INR coords, for fixed INR
+        points x (N, 3); evaluated in chunks of :data:`FIELD_CHUNK` points."""
         fwd, bwd = self.params_at(iteration)
         omega = self.siren_config.omega
+        eye = torch.eye(3, dtype=x.dtype, device=x.device)
         out_f, out_b = [], []
         for xs in torch.split(x, FIELD_CHUNK):
             y_f = apply_matrix(self.problem.f2m, xs + siren(fwd, xs, omega))
-            v_b, jac_b = derivatives.jacobian(bwd, y_f, omega)
-            residual = apply_matrix(self.problem.m2f, y_f + v_b) - xs  # in fixed INR coords
-            eye = torch.eye(3, dtype=x.dtype, device=x.device)
-            jphi = self.problem.m2f[:3, :3] @ (eye + jac_b)  # d phi_B / d y
-            step = torch.linalg.solve(jphi, residual.unsqueeze(-1)).squeeze(-1)
             out_f.append(y_f)
-            out_b.append(y_f - step)
-        return torch.cat(out_f), torch.cat(out_b)
+            if backward:
+                v_b, jac_b = derivatives.jacobian(bwd, y_f, omega)
+                residual = apply_matrix(self.problem.m2f, y_f + v_b) - xs  # in fixed INR coords
+                jphi = self.problem.m2f[:3, :3] @ (eye + jac_b)  # d phi_B / d y
+                out_b.append(y_f - torch.linalg.solve(jphi, residual.unsqueeze(-1)).squeeze(-1))
+        return torch.cat(out_f), (torch.cat(out_b) if backward else None)
 
     def _to_moving_mm(self, y: Tensor) -> np.ndarray:
         return self.pair.moving.grid.normalized_to_world(y.double().cpu().numpy())
@@ -151,8 +195,9 @@ class RegistrationRun:
         """
         if estimate not in ("forward", "cycle"):
             raise ValueError(f"estimate must be 'forward' or 'cycle', got {estimate!r}")
-        y_f, y_b = self._estimates(self._inr_points(np.asarray(points_mm, float).reshape(-1, 3)), iteration)
-        return self._to_moving_mm(y_f if estimate == "forward" else 0.5 * (y_f + y_b))
+        pts = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+        y_f, y_b = self._estimates(self._inr_points(pts), iteration, backward=estimate == "cycle")
+        return self._to_moving_mm(y_f if y_b is None else 0.5 * (y_f + y_b))
 
     def point_uncertainty(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
         """Cycle uncertainty (mm) at fixed world points: distance between the forward estimate and
@@ -179,10 +224,16 @@ class RegistrationRun:
         grid = self.pair.fixed.grid
         return self.pair.fixed.with_array(values.reshape(*grid.shape, *values.shape[1:]), name=name)
 
-    def displacement(self, estimate: str = "forward", iteration: int | None = None):
-        """Displacement Volume on the fixed grid, mm vectors (x, y, z): moving point - fixed point."""
-        pts = self._grid_points()
-        return self._fixed_volume(self.transform_points(pts, estimate, iteration) - pts, "displacement (mm)")
+    def displacement(self, estimate: str = "forward", iteration: int | None = None, grid: Grid | None = None):
+        """Displacement Volume of mm vectors (x, y, z), moving point - fixed point, at the voxel
+        centres of the fixed grid (or of ``grid``, any grid in fixed world space, e.g. the original
+        full-resolution fixed CT); the pre-alignment included."""
+        if grid is None:
+            pts = self._grid_points()
+            return self._fixed_volume(self.transform_points(pts, estimate, iteration) - pts, "displacement (mm)")
+        pts = grid.voxel_centres_world().reshape(-1, 3)
+        disp = (self.transform_points(pts, estimate, iteration) - pts).reshape(*grid.shape, 3)
+        return Volume(disp, grid, "displacement (mm)")
 
     def warp(self, volume=None, estimate: str = "forward", iteration: int | None = None, order: int = 1):
         """``volume`` (default: the pair's moving image; any Volume in moving world space)
@@ -221,6 +272,15 @@ class RegistrationRun:
 
 
 # ------------------------------------------------------------------------------- register
+def _check_params(params: Params, config: SirenConfig, what: str) -> None:
+    """ValueError unless ``params`` is a SIREN parameter list of ``config``'s architecture."""
+    sizes = [3] + [config.hidden] * config.hidden_layers + [3]
+    shapes = [s for i in range(len(sizes) - 1) for s in ((sizes[i + 1], sizes[i]), (sizes[i + 1],))]
+    got = [tuple(p.shape) for p in params] if isinstance(params, (list, tuple)) else None
+    if got != shapes:
+        raise ValueError(f"{what}: expected SIREN params with shapes {shapes}, got {got}")
+
+
 def _record_iterations(iterations: int, record_every: int) -> set[int]:
     recs = set(range(0, iterations + 1, max(1, record_every)))
     recs.add(iterations)
@@ -248,42 +308,55 @@ def register(
     derivative_method: str = "forward",
     record_tre: bool = True,
 ) -> RegistrationRun:
-    """ccIDIR test-time optimisation of one pair (Adam, ``lr``, ``points_per_step`` points per
-    network per step). Defaults for ``iterations``, ``points_per_step`` and ``record_every`` come
-    from ``profile`` (default: the profile the pair was prepared with, else ``demo``).
+    """ccIDIR test-time optimisation of one pair: Adam (``lr``) on the forward and backward
+    SIRENs, ``points_per_step`` points per network per step drawn with a generator seeded from
+    ``seed`` (same seed, same device -> identical history). Defaults for ``iterations``,
+    ``points_per_step`` and ``record_every`` come from ``profile`` (default: the profile the pair
+    was prepared with, else ``demo``).
 
-    ``prealign``: "auto" (affine when :func:`needs_prealign`), "affine", "rigid", "none", or a
-    4x4 matrix (fixed world mm -> moving world mm). ``init``: "random" or an :class:`Initialiser`.
-    ``output_scale`` (random init only): 0 starts at exactly zero displacement.
+    ``init``: "random" (Sitzmann initialisation from ``seed``, with ``omega`` and
+    ``output_scale``; 0 starts at exactly zero displacement) or an :class:`Initialiser` (a Reptile
+    template or REINDIR model; its ``siren_config`` sets omega; its tensors are cloned, never
+    modified). ``prealign``: see :func:`resolve_prealign` ("auto", "affine", "rigid", "none" or a
+    4x4 fixed->moving world-mm matrix); the networks model the residual. ``regulariser``:
+    "jacobian" (symmetric, weight ``weights.jacobian``), "bending" (``weights.bending``) or "none";
+    ``similarity``: "ncc" (global over the batch) or "lncc" (local). History rows (every
+    ``record_every`` steps and the last) hold the state after exactly that many steps; row 0 is
+    the initialisation (a learned init's zero-shot result), its ``seconds`` the encoder time.
     """
+    if regulariser not in ("jacobian", "bending", "none"):
+        raise ValueError(f"regulariser must be 'jacobian', 'bending' or 'none', got {regulariser!r}")
+    if similarity not in ("ncc", "lncc"):
+        raise ValueError(f"similarity must be 'ncc' or 'lncc', got {similarity!r}")
+    if isinstance(init, str) and init != "random":
+        raise ValueError(f"init must be 'random' or an Initialiser (Reptile template / REINDIR model), got {init!r}")
+    if not isinstance(init, (str, Initialiser)):
+        raise ValueError(f"init must be 'random' or have initial_params(problem) and siren_config, got {type(init).__name__}")
     prof = get_profile(profile or pair.meta.get("prepared") or "demo")
     iterations = prof.iterations if iterations is None else int(iterations)
     points = prof.points_per_step if points_per_step is None else int(points_per_step)
     record_every = prof.record_every if record_every is None else int(record_every)
+    if iterations < 0 or points < 1 or record_every < 1 or snapshot_limit < 1:
+        raise ValueError(f"{pair.name}: need iterations >= 0, points_per_step >= 1, record_every >= 1, snapshot_limit >= 1 "
+                         f"(got {iterations}, {points}, {record_every}, {snapshot_limit})")
     dev = get_device(device)
 
-    if isinstance(prealign, str):
-        from .prealign import estimate_prealign
-
-        kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
-        pre = estimate_prealign(pair, kind)
-    else:
-        kind, pre = "matrix", np.asarray(prealign, dtype=np.float64)
+    kind, pre = resolve_prealign(pair, prealign)
     problem = Problem.from_pair(pair, prealign=pre, device=dev)
 
-    gen_init = make_generator(seed)
     t0 = time.perf_counter()
     if isinstance(init, str):
-        if init != "random":
-            raise ValueError(f"init must be 'random' or an Initialiser (Reptile template / REINDIR model), got {init!r}")
         config = SirenConfig(omega=omega, output_scale=output_scale)
+        gen_init = make_generator(seed)
         fwd0 = init_siren(config, gen_init, device=dev)
         bwd0 = init_siren(config, gen_init, device=dev)
         encoder_seconds = 0.0
     else:
         config = init.siren_config
         fwd0, bwd0 = init.initial_params(problem)
-        encoder_seconds = float(getattr(init, "encoder_seconds", time.perf_counter() - t0))
+        encoder_seconds = float(getattr(init, "encoder_seconds", None) or time.perf_counter() - t0)
+        _check_params(fwd0, config, f"{type(init).__name__}.initial_params (forward)")
+        _check_params(bwd0, config, f"{type(init).__name__}.initial_params (backward)")
     fwd = clone_params([p.to(dev) for p in fwd0], requires_grad=True)
     bwd = clone_params([p.to(dev) for p in bwd0], requires_grad=True)
     optimiser = torch.optim.Adam(fwd + bwd, lr=lr)
