@@ -210,123 +210,125 @@ def _scaled_layers(params: Sequence[Tensor], omega: float) -> tuple[list[float],
     return scales, ws, bs
 
 
-def _jet_forward_pass(
-    x: Tensor, ws: list[Tensor], bs: list[Tensor], order: int, chunk: int, bf16: bool, keep: bool
-) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
-    """The forward of the jet network, ``chunk`` points at a time.
-
-    Returns the output jet (N, rows, out) and, if ``keep``, what the backward needs for all N
-    points: the input jets ``A_1 .. A_{L-1}`` (N, rows, H) of the matmuls after layer 0 (row
-    0 of ``A_{l+1}`` is ``sin z_l``), the pre-activation jets of layers 1 .. L-2 and
-    ``cos z_l`` (N, H) of layers 0 .. L-2. Without ``keep`` the buffers hold one chunk and
-    are reused (inference: O(chunk) memory)."""
-    n_lin, rows, npts = len(ws), _rows(order), x.shape[0]
-    size = npts if keep else min(chunk, npts)
-    acts = [x.new_empty(size, rows, w.shape[1]) for w in ws[1:]]
-    pres = [x.new_empty(size, rows, w.shape[0]) for w in ws[1:-1]]
-    coss = [x.new_empty(size, w.shape[0]) for w in ws[:-1]]
-    out = x.new_empty(npts, rows, ws[-1].shape[0])
-    mm_ws = [w.to(torch.bfloat16) for w in ws] if bf16 else ws
-    dz0 = ws[0].t().unsqueeze(0)                                            # (1, 3, H): dz_j = W'[:, j]
-    for lo in range(0, npts, chunk):
-        hi = min(lo + chunk, npts)
-        sl = slice(lo, hi) if keep else slice(0, hi - lo)                   # rows of the buffers
-        z0 = torch.addmm(bs[0], x[lo:hi], ws[0].t())
-        _sine_jet(z0, dz0, None, acts[0][sl], coss[0][sl], order)
-        for i in range(1, n_lin):
-            a = acts[i - 1][sl]
-            target = pres[i - 1][sl] if i < n_lin - 1 else out[lo:hi]
-            a_flat, t_flat = a.view(-1, a.shape[-1]), target.view(-1, target.shape[-1])
-            if bf16:
-                t_flat.copy_(a_flat.to(torch.bfloat16) @ mm_ws[i].t())
-            else:
-                torch.mm(a_flat, ws[i].t(), out=t_flat)                     # z, dz_j, d2z_p = W' (h, dh_j, d2h_p)
-            target[:, 0] += bs[i]
-            if i < n_lin - 1:
-                d2z = target[:, 4:] if order == 2 else None
-                _sine_jet(target[:, 0], target[:, 1:4], d2z, acts[i][sl], coss[i][sl], order)
-    return out, acts, pres, coss
+def _matmul(a: Tensor, b: Tensor, bf16: bool, out: Tensor | None = None) -> Tensor:
+    """``a @ b`` (2-D), in bfloat16 if ``bf16`` (result in ``a``'s dtype), into ``out`` if given."""
+    if bf16:
+        result = (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(a.dtype)
+        return result if out is None else out.copy_(result)
+    return a @ b if out is None else torch.mm(a, b, out=out)
 
 
-class _SirenJet(torch.autograd.Function):
-    """Output jet (N, rows, 3) of the SIREN at points x (N, 3); hand-written chunked backward.
+def _chunk_forward(
+    x: Tensor, ws: list[Tensor], bs: list[Tensor], order: int, bf16: bool, out: Tensor,
+    buffers: list[Tensor] | None = None,
+) -> list[Tensor]:
+    """Forward of the jet network on one chunk of points ``x`` (c, 3); writes the output jet to
+    ``out`` (c, rows, 3).
 
-    Inputs: ``x, omega, order, chunk, bf16, *params``. The forward processes ``chunk`` points
-    at a time and saves, per hidden layer ``l`` (N points, R rows, H width): the input jet
-    ``A_l`` (N, R, H) of every matmul after layer 0 (``sin z_l`` is its row 0), the
-    pre-activation jet of layers >= 1 and ``cos z_l`` (N, H). The backward of each chunk is
+    Returns what the backward needs, as one flat list (c points, R rows, H width):
+    ``[A_1 .. A_{L-1}, P_1 .. P_{L-2}, C_0 .. C_{L-2}]`` with ``A_l`` (c, R, H) the input jet of
+    matmul ``l`` (row 0 of ``A_{l+1}`` is ``sin z_l``), ``P_l`` the pre-activation jet of layer
+    ``l >= 1`` and ``C_l = cos z_l`` (c, H). Pass the list of a previous chunk of the same
+    size as ``buffers`` to reuse its memory (inference). Per-chunk buffers (a few MB) stay
+    in cache and are recycled by the allocator, unlike one (N, R, H) array per layer."""
+    n_lin, rows, c = len(ws), _rows(order), x.shape[0]
+    if buffers is None:
+        acts = [x.new_empty(c, rows, w.shape[1]) for w in ws[1:]]
+        pres = [x.new_empty(c, rows, w.shape[0]) for w in ws[1:-1]]
+        coss = [x.new_empty(c, w.shape[0]) for w in ws[:-1]]
+    else:
+        acts, pres, coss = buffers[:n_lin - 1], buffers[n_lin - 1:2 * n_lin - 3], buffers[2 * n_lin - 3:]
+    z0 = torch.addmm(bs[0], x, ws[0].t())
+    _sine_jet(z0, ws[0].t().unsqueeze(0), None, acts[0], coss[0], order)    # dz_j = W'[:, j] for all points
+    for i in range(1, n_lin):
+        a = acts[i - 1]
+        target = pres[i - 1] if i < n_lin - 1 else out
+        _matmul(a.view(-1, a.shape[-1]), ws[i].t(), bf16, out=target.view(-1, target.shape[-1]))  # W' (h, dh_j, d2h_p)
+        target[:, 0] += bs[i]
+        if i < n_lin - 1:
+            d2z = target[:, 4:] if order == 2 else None
+            _sine_jet(target[:, 0], target[:, 1:4], d2z, acts[i], coss[i], order)
+    return acts + pres + coss
+
+
+def _chunk_backward(
+    grad_out: Tensor, x: Tensor, ws: list[Tensor], saved: list[Tensor], order: int, bf16: bool,
+    g_ws: list[Tensor], g_bs: list[Tensor],
+) -> Tensor:
+    """Backward of :func:`_chunk_forward` on one chunk: adds the chunk's contribution to the
+    gradients ``g_ws``, ``g_bs`` w.r.t. the omega-scaled weights and biases and returns the
+    gradient w.r.t. ``x`` (c, 3). Per layer, from the output back::
 
         output layer   g_W += g_out^T A,  g_b += sum_n g_v,  g_A = g_out W
         sine           g_pre = _sine_jet_backward(g_A, ...)
         hidden layer   g_W' += g_pre^T A, g_b' += sum_n g_z, g_A = g_pre W'
-        layer 0        g_W'[:, j] += sum_n g_dz_j, g_W' += g_z^T x, g_b' += sum_n g_z, g_x = g_z W'
+        layer 0        g_W' += g_z^T x, g_W'[:, j] += sum_n g_dz_j, g_b' += sum_n g_z, g_x = g_z W'
+    """
+    n_lin = len(ws)
+    acts, pres, coss = saved[:n_lin - 1], saved[n_lin - 1:2 * n_lin - 3], saved[2 * n_lin - 3:]
+    g = grad_out                                                            # gradient w.r.t. the jet leaving layer i
+    for i in range(n_lin - 1, 0, -1):
+        a = acts[i - 1]
+        a_flat, g_flat = a.view(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+        if bf16:
+            g_ws[i] += _matmul(g_flat.t(), a_flat, True)
+        else:
+            g_ws[i].addmm_(g_flat.t(), a_flat)
+        g_bs[i] += g[:, 0].sum(dim=0)
+        g_a = _matmul(g_flat, ws[i], bf16).view(a.shape)                   # gradient w.r.t. A_i
+        if i >= 2:                                                          # pre-activation jet of layer i - 1
+            pre = pres[i - 2]
+            dz, d2z = pre[:, 1:4], (pre[:, 4:] if order == 2 else None)
+        else:
+            dz, d2z = ws[0].t().unsqueeze(0), None
+        g = _sine_jet_backward(g_a, dz, d2z, a[:, 0], coss[i - 1], order)
+    g_ws[0].addmm_(g[:, 0].t(), x)
+    g_ws[0] += g[:, 1:4].sum(dim=0).t()
+    g_bs[0] += g[:, 0].sum(dim=0)
+    return g[:, 0] @ ws[0]
 
-    and finally ``g_W = omega g_W'``, ``g_b = omega g_b'`` for the omega-scaled hidden layers.
+
+def _chunks(npts: int, chunk: int) -> list[slice]:
+    return [slice(lo, min(lo + chunk, npts)) for lo in range(0, npts, chunk)]
+
+
+class _SirenJet(torch.autograd.Function):
+    """Output jet (N, rows, 3) of the SIREN at points x (N, 3), with a hand-written backward.
+
+    Inputs ``x, omega, order, chunk, bf16, *params``. Forward and backward run ``chunk``
+    points at a time (:func:`_chunk_forward`, :func:`_chunk_backward`); the weight gradients
+    are accumulated over the chunks, then ``g_W = omega g_W'``, ``g_b = omega g_b'`` for the
+    omega-scaled hidden layers.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, omega: float, order: int, chunk: int, bf16: bool, *params: Tensor) -> Tensor:  # type: ignore[override]
         scales, ws, bs = _scaled_layers(params, omega)
-        out, acts, pres, coss = _jet_forward_pass(x, ws, bs, order, chunk, bf16, keep=True)
-        ctx.save_for_backward(x, *ws, *acts, *pres, *coss)
-        ctx.meta = (scales, order, chunk, bf16, len(ws))
+        out = x.new_empty(x.shape[0], _rows(order), ws[-1].shape[0])
+        saved = [t for sl in _chunks(x.shape[0], chunk) for t in _chunk_forward(x[sl], ws, bs, order, bf16, out[sl])]
+        ctx.save_for_backward(x, *ws, *saved)
+        ctx.meta = (scales, order, chunk, bf16)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        scales, order, chunk, bf16, n_lin = ctx.meta
-        saved = ctx.saved_tensors
-        x, ws = saved[0], list(saved[1:1 + n_lin])
-        acts = list(saved[1 + n_lin:2 * n_lin])
-        pres = list(saved[2 * n_lin:3 * n_lin - 2])
-        coss = list(saved[3 * n_lin - 2:])
-        dt = x.dtype
-        mm_ws = [w.to(torch.bfloat16) for w in ws] if bf16 else ws
+        scales, order, chunk, bf16 = ctx.meta
+        n_lin = len(scales)
+        x, *rest = ctx.saved_tensors
+        ws, saved = rest[:n_lin], rest[n_lin:]
+        per_chunk = 3 * n_lin - 4                                           # A, P and C tensors per chunk
         g_ws = [torch.zeros_like(w) for w in ws]
         g_bs = [w.new_zeros(w.shape[0]) for w in ws]
-        need_x = ctx.needs_input_grad[0]
-        g_x = torch.empty_like(x) if need_x else None
+        g_x = torch.empty_like(x)
         grad_out = grad_out.contiguous()
-        dz0 = ws[0].t().unsqueeze(0)
-
-        def accumulate_weight_grad(g_w: Tensor, g_flat: Tensor, a_flat: Tensor) -> None:
-            if bf16:
-                g_w += (g_flat.t().to(torch.bfloat16) @ a_flat.to(torch.bfloat16)).to(dt)
-            else:
-                g_w.addmm_(g_flat.t(), a_flat)
-
-        for lo in range(0, x.shape[0], chunk):
-            sl = slice(lo, min(lo + chunk, x.shape[0]))
-            g = grad_out[sl]                                                # gradient w.r.t. the jet leaving layer i
-            for i in range(n_lin - 1, 0, -1):
-                a = acts[i - 1][sl]
-                a_flat, g_flat = a.view(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
-                accumulate_weight_grad(g_ws[i], g_flat, a_flat)
-                g_bs[i] += g[:, 0].sum(dim=0)
-                if bf16:
-                    g_a = (g_flat.to(torch.bfloat16) @ mm_ws[i]).to(dt).view(a.shape)
-                else:
-                    g_a = (g_flat @ ws[i]).view(a.shape)                    # gradient w.r.t. A_i
-                if i >= 2:                                                  # pre-jet of layer i - 1
-                    pre = pres[i - 2][sl]
-                    dz, d2z = pre[:, 1:4], (pre[:, 4:] if order == 2 else None)
-                else:
-                    dz, d2z = dz0, None
-                g = _sine_jet_backward(g_a, dz, d2z, a[:, 0], coss[i - 1][sl], order)
-            # layer 0: z = W' x + b', dz_j = W'[:, j] for every point, d2z = 0
-            g_ws[0].addmm_(g[:, 0].t(), x[sl])
-            g_ws[0] += g[:, 1:4].sum(dim=0).t()
-            g_bs[0] += g[:, 0].sum(dim=0)
-            if need_x:
-                torch.mm(g[:, 0], ws[0], out=g_x[sl])
+        for k, sl in enumerate(_chunks(x.shape[0], chunk)):
+            chunk_saved = saved[k * per_chunk:(k + 1) * per_chunk]
+            g_x[sl] = _chunk_backward(grad_out[sl], x[sl], ws, chunk_saved, order, bf16, g_ws, g_bs)
         grads: list[Tensor] = []
-        for i in range(n_lin):
-            if scales[i] != 1.0:
-                g_ws[i] *= scales[i]
-                g_bs[i] *= scales[i]
-            grads += [g_ws[i], g_bs[i]]
-        return (g_x, None, None, None, None, *grads)
+        for g_w, g_b, scale in zip(g_ws, g_bs, scales):
+            grads += [g_w.mul_(scale), g_b.mul_(scale)] if scale != 1.0 else [g_w, g_b]
+        return (g_x if ctx.needs_input_grad[0] else None, None, None, None, None, *grads)
 
 
 def _jet_fast(params: Params, x: Tensor, omega: float, order: int, chunk: int | None, bf16: bool) -> Tensor:
@@ -337,9 +339,14 @@ def _jet_fast(params: Params, x: Tensor, omega: float, order: int, chunk: int | 
     x = x.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _SirenJet.apply(x, float(omega), order, int(chunk), bool(bf16), *params)
-    with torch.no_grad():                                                   # inference: nothing saved
+    with torch.no_grad():                                                   # inference: O(chunk) memory
         _, ws, bs = _scaled_layers(params, omega)
-        return _jet_forward_pass(x, ws, bs, order, int(chunk), bool(bf16), keep=False)[0]
+        out = x.new_empty(x.shape[0], _rows(order), ws[-1].shape[0])
+        buffers = None
+        for sl in _chunks(x.shape[0], chunk):
+            reuse = buffers if buffers is not None and sl.stop - sl.start == chunk else None
+            buffers = _chunk_forward(x[sl], ws, bs, order, bf16, out[sl], reuse)
+        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -273,47 +273,63 @@ class _Trainer:
         return self.model if isinstance(self.model, ReptileTemplate) else self.model.template
 
     # ------------------------------------------------------------ one task
-    def _task(self, pair: Pair) -> tuple[Params, Params, dict[str, float]]:
+    def _problem(self, pair: Pair) -> Problem:
+        """The task's tensors, scale-augmented (one factor per task drawn from ``scale_range``)."""
         from .preprocess import scale_augment
 
         s = self.settings
         if s.scale_augment:
             pair = scale_augment(pair, float(self.rng.uniform(*s.scale_range)))
-        problem = Problem.from_pair(pair, device=self.device)
-        tmpl = self.template
-        fwd = clone_params([p.to(self.device) for p in tmpl.forward], requires_grad=True)
-        bwd = clone_params([p.to(self.device) for p in tmpl.backward], requires_grad=True)
-        reindir = isinstance(self.model, ReindirModel)
-        if reindir:
+        return Problem.from_pair(pair, device=self.device)
+
+    def _loss(self, forward: Params, backward: Params, problem: Problem) -> dict[str, Tensor]:
+        s = self.settings
+        xf = problem.sample_points(s.inner_points, self.points, "fixed")
+        xb = problem.sample_points(s.inner_points, self.points, "moving")
+        return ccidir_terms(forward, backward, problem, xf, xb, s.regulariser, s.weights, s.omega)
+
+    def adapt(self, problem: Problem) -> tuple[Params, Params, float]:
+        """Inner loop: ``inner_steps`` SGD steps from the templates (REINDIR: on the infused weights,
+        the embedding from the frozen encoder). Returns the adapted (pre-infusion) template copies,
+        detached, and the loss of the first step."""
+        s = self.settings
+        fwd = clone_params([p.to(self.device) for p in self.template.forward], requires_grad=True)
+        bwd = clone_params([p.to(self.device) for p in self.template.backward], requires_grad=True)
+        embedding = None
+        if isinstance(self.model, ReindirModel):
             with torch.no_grad():
                 embedding = self.model.embed(problem)
         sgd = torch.optim.SGD(fwd + bwd, lr=s.inner_lr)
-        first = None
-        for _ in range(s.inner_steps):
-            xf = problem.sample_points(s.inner_points, self.points, "fixed")
-            xb = problem.sample_points(s.inner_points, self.points, "moving")
-            f_used, b_used = self.model.infused(embedding, fwd, bwd) if reindir else (fwd, bwd)
-            terms = ccidir_terms(f_used, b_used, problem, xf, xb, s.regulariser, s.weights, s.omega)
-            first = float(terms["total"].detach()) if first is None else first
+        first = float("nan")
+        for i in range(s.inner_steps):
+            used = self.model.infused(embedding, fwd, bwd) if embedding is not None else (fwd, bwd)
+            total = self._loss(*used, problem)["total"]
+            if i == 0:
+                first = float(total.detach())
             sgd.zero_grad(set_to_none=True)
-            terms["total"].backward()
+            total.backward()
             sgd.step()
-        stats = {"loss_first": first if first is not None else float("nan")}
-        fwd = [p.detach() for p in fwd]
-        bwd = [p.detach() for p in bwd]
-        xf = problem.sample_points(s.inner_points, self.points, "fixed")
-        xb = problem.sample_points(s.inner_points, self.points, "moving")
-        if reindir:  # first-order encoder step: embedding re-attached, adapted weights fixed
-            f_used, b_used = self.model.infused(self.model.embed(problem), fwd, bwd)
-            terms = ccidir_terms(f_used, b_used, problem, xf, xb, s.regulariser, s.weights, s.omega)
-            self.optimiser.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            self.optimiser.step()
-        else:
-            with torch.set_grad_enabled(s.regulariser == "bending"):
-                terms = ccidir_terms(fwd, bwd, problem, xf, xb, s.regulariser, s.weights, s.omega)
-        stats["loss_adapted"] = float(terms["total"].detach())
-        return fwd, bwd, stats
+        return [p.detach() for p in fwd], [p.detach() for p in bwd], first
+
+    def encoder_step(self, problem: Problem, forward: Params, backward: Params) -> float:
+        """First-order encoder update: the loss at the adapted weights ``forward``/``backward`` (held
+        fixed) infused with the embedding re-attached; one Adam step on encoder + heads only."""
+        adapted = [p.detach() for p in forward], [p.detach() for p in backward]
+        total = self._loss(*self.model.infused(self.model.embed(problem), *adapted), problem)["total"]
+        self.optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimiser.step()
+        return float(total.detach())
+
+    def _task(self, pair: Pair) -> tuple[Params, Params, dict[str, float]]:
+        problem = self._problem(pair)
+        fwd, bwd, first = self.adapt(problem)
+        if isinstance(self.model, ReindirModel):
+            adapted_loss = self.encoder_step(problem, fwd, bwd)
+        else:  # the loss the encoder step would see, for the log
+            with torch.set_grad_enabled(self.settings.regulariser == "bending"):
+                adapted_loss = float(self._loss(fwd, bwd, problem)["total"].detach())
+        return fwd, bwd, {"loss_first": first, "loss_adapted": adapted_loss}
 
     def outer_step(self) -> dict:
         t0 = time.perf_counter()

@@ -1,16 +1,16 @@
-"""Encoder shapes, infusion identity, Reptile direction, encoder-only gradients, resume == uninterrupted."""
+"""Meta-training (Algorithm 1): Reptile direction in the training loop, encoder-only gradients,
+untrained REINDIR == template through ``register``, resume == uninterrupted, log, save/load, folds."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import reindir_nb as rn
 from reindir_nb import meta
-from reindir_nb.encoder import Encoder, encoder_output_size
-from reindir_nb.infusion import InfusionHeads, repeat_to_matrix
-from reindir_nb.inr import init_siren, siren
+from reindir_nb.device import make_generator
+from reindir_nb.inr import init_siren
 from reindir_nb.objective import Problem
-from reindir_nb.profiles import PROFILES
 
 
 @pytest.fixture(scope="module")
@@ -19,74 +19,77 @@ def cohorts():
             for s in ("dirlab", "nlst")}
 
 
-@pytest.mark.parametrize("name", sorted(PROFILES))
-def test_encoder_output_is_one_voxel(name):
-    prof = PROFILES[name]
-    assert encoder_output_size(prof.patch_size) == [1, 1, 1]
-    if name != "paper":  # the paper patch is too big for a CPU test; its plan is checked above
-        enc = Encoder(prof.patch_size, width=2, embedding_length=prof.embedding_length)
-        out = enc(torch.zeros(1, 2, *prof.patch_size))
-        assert out.shape == (1, prof.embedding_length)
+def _trainer(kind, cohorts, **changes):
+    settings = meta.TrainSettings.for_profile("smoke", **changes)
+    return meta._Trainer(kind, cohorts, settings, rn.get_profile("smoke"), 0, torch.device("cpu"), 2, 65)
 
 
-def test_paper_bottleneck_matches_table_1():
-    from reindir_nb.encoder import bottleneck_plan
-
-    plan = bottleneck_plan((336, 288, 366))
-    assert plan["layer11_strided"] and plan["layer11_size"] == [7, 6, 7]
-    assert plan["layer12_kernel"] == [3, 2, 3] and plan["layer13_kernel"] == 5
-
-
-def test_repeat_fills_rows_with_shifted_copies():
-    g = torch.arange(1025.0)
-    m = repeat_to_matrix(g, (256, 256))
-    assert torch.equal(m[0], g[:256]) and torch.equal(m[4, :1], g[1024:1025]) and m[4, 1] == 0  # wraps
-
-
-def test_zero_heads_equal_template():
-    fwd, bwd = init_siren(), init_siren()
-    heads = InfusionHeads(65)
-    f2, b2 = heads.infuse(torch.randn(65), fwd, bwd)
-    x = torch.rand(50, 3) * 2 - 1
-    assert torch.equal(siren(f2, x), siren(fwd, x)) and torch.equal(siren(b2, x), siren(bwd, x))
-
-
-def test_reptile_moves_toward_adapted():
+def test_reptile_update_moves_toward_adapted_by_hand():
     p0 = [torch.zeros(3), torch.ones(2)]
     adapted = [[torch.full((3,), 2.0), torch.full((2,), 3.0)], [torch.full((3,), 4.0), torch.full((2,), 1.0)]]
-    new = meta.reptile_update(p0, adapted, eps=0.5)
-    assert torch.allclose(new[0], torch.full((3,), 1.5)) and torch.allclose(new[1], torch.full((2,), 1.5))
-    for a in adapted:  # distance to the mean of the adapted weights shrinks
-        pass
-    mean = [torch.stack([a[i] for a in adapted]).mean(0) for i in range(2)]
-    assert sum((n - m).norm() for n, m in zip(new, mean)) < sum((o - m).norm() for o, m in zip(p0, mean))
+    new = meta.reptile_update(p0, adapted, eps=0.5)  # mean adapted = (3, 2); halfway from (0, 1)
+    assert torch.equal(new[0], torch.full((3,), 1.5)) and torch.equal(new[1], torch.full((2,), 1.5))
+    assert all(torch.equal(a, b) for a, b in zip(meta.reptile_update(p0, adapted, 1.0), [torch.full((3,), 3.0), torch.full((2,), 2.0)]))
 
 
-def test_encoder_step_updates_encoder_not_templates(cohorts):
-    model = meta.train_reindir(cohorts, "smoke", outer_steps=1, progress=False, scale_augment=False)
-    pair = cohorts["nlst"][0]
-    problem = Problem.from_pair(pair)
-    model.zero_grad()
-    f0 = [p.clone().requires_grad_(True) for p in model.template.forward]
-    f, b = model.infused(model.embed(problem), f0, model.template.backward)
-    x = problem.sample_points(100, None)
-    siren(f, x).pow(2).sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
-    # the trainer's encoder step only optimises encoder + heads parameters
-    trainer = meta._Trainer("reindir", cohorts, meta.TrainSettings.for_profile("smoke", scale_augment=False),
-                            rn.get_profile("smoke"), 0, torch.device("cpu"), 2, 65)
+@pytest.mark.parametrize("eps", [1.0, 0.25])
+def test_outer_step_moves_templates_toward_adapted_weights(cohorts, eps):
+    """In the real loop: phi0_new = phi0 + eps * mean_sets(adapted - phi0), closer to the adapted mean."""
+    trainer = _trainer("reptile", cohorts, eps=eps, scale_augment=False)
+    recorded = []
+    task = trainer._task
+
+    def spy(pair):  # calls through, keeps what the inner loop returned
+        recorded.append(task(pair))
+        return recorded[-1]
+
+    trainer._task = spy
+    old = [p.clone() for p in trainer.template.forward + trainer.template.backward]
+    trainer.outer_step()
+    assert len(recorded) == 2  # one task per set
+    mean = [torch.stack([r[0][i] for r in recorded]).mean(0) for i in range(8)]
+    mean += [torch.stack([r[1][i] for r in recorded]).mean(0) for i in range(8)]
+    new = trainer.template.forward + trainer.template.backward
+    for o, m, n in zip(old, mean, new):
+        torch.testing.assert_close(n, o + eps * (m - o), rtol=1e-6, atol=1e-7)
+    dist_old = sum(float((o - m).norm()) for o, m in zip(old, mean))
+    dist_new = sum(float((n - m).norm()) for n, m in zip(new, mean))
+    assert dist_old > 0 and dist_new == pytest.approx((1 - eps) * dist_old, rel=1e-4, abs=1e-6)
+
+
+def test_encoder_step_reaches_encoder_and_heads_not_templates(cohorts):
+    trainer = _trainer("reindir", cohorts, scale_augment=False)
     optimised = {id(p) for g in trainer.optimiser.param_groups for p in g["params"]}
     assert optimised == {id(p) for p in list(trainer.model.encoder.parameters()) + list(trainer.model.heads.parameters())}
-    before = [p.clone() for p in trainer.template.forward]
-    enc_before = [p.clone() for p in trainer.model.encoder.parameters()]
-    trainer._task(pair)  # inner loop + encoder step, no template update yet
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer.template.forward))
-    assert any(p.abs().sum() > 0 for p in trainer.model.heads.parameters())  # zero heads got gradient
-    # zero heads pass no gradient to the encoder on the very first step; from the second on they do
-    assert all(torch.equal(a, b) for a, b in zip(enc_before, trainer.model.encoder.parameters()))
+    with torch.no_grad():  # non-zero heads so that the encoder is on the gradient path
+        for p in trainer.model.heads.parameters():
+            p.normal_(0, 1e-3, generator=make_generator(0))
+    problem = Problem.from_pair(cohorts["nlst"][0])
+    fwd = [p.clone().requires_grad_(True) for p in trainer.template.forward]
+    bwd = [p.clone().requires_grad_(True) for p in trainer.template.backward]
+    template_before = [p.clone() for p in trainer.template.forward + trainer.template.backward]
+    encoder_before = [p.clone() for p in trainer.model.encoder.parameters()]
+    trainer.encoder_step(problem, fwd, bwd)
+    assert all(p.grad is None for p in fwd + bwd)  # no gradient into the (adapted) INR weights
+    grads = [p.grad for p in trainer.model.encoder.parameters()]
+    assert all(g is not None for g in grads) and sum(int(torch.count_nonzero(g)) for g in grads) > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.heads.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(encoder_before, trainer.model.encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(template_before, trainer.template.forward + trainer.template.backward))
+
+
+def test_zero_heads_pass_no_gradient_to_the_encoder_on_the_first_step(cohorts):
+    """With zero heads the encoder is off the gradient path; one Adam step on the heads puts it on."""
+    trainer = _trainer("reindir", cohorts, scale_augment=False)
+    enc0 = [p.clone() for p in trainer.model.encoder.parameters()]
+    tmpl0 = [p.clone() for p in trainer.template.forward]
+    pair = cohorts["nlst"][0]
     trainer._task(pair)
-    assert any(not torch.equal(a, b) for a, b in zip(enc_before, trainer.model.encoder.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer.template.forward))
+    assert all(torch.equal(a, b) for a, b in zip(enc0, trainer.model.encoder.parameters()))
+    assert any(p.abs().sum() > 0 for p in trainer.model.heads.parameters())
+    trainer._task(pair)
+    assert any(not torch.equal(a, b) for a, b in zip(enc0, trainer.model.encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(tmpl0, trainer.template.forward))  # only outer_step moves them
 
 
 def test_untrained_reindir_equals_template_in_register(cohorts):
@@ -95,33 +98,72 @@ def test_untrained_reindir_equals_template_in_register(cohorts):
     a = rn.register(pair, init=model, iterations=0, prealign="none", progress=False)
     b = rn.register(pair, init=model.template, iterations=0, prealign="none", progress=False)
     np.testing.assert_array_equal(a.tre_mm, b.tre_mm)
+    assert model.encoder_seconds > 0
 
 
 @pytest.mark.parametrize("kind", ["reptile", "reindir"])
 def test_resume_equals_uninterrupted(tmp_path, cohorts, kind):
     train = meta.train_reindir if kind == "reindir" else meta.train_reptile
-    full = train(cohorts, "smoke", outer_steps=4, progress=False, seed=3)
+    kw = dict(outer_steps=3, progress=False, seed=3)
+    full = train(cohorts, "smoke", log_path=tmp_path / "full.csv", **kw)
     ck = tmp_path / "ck.pt"
-    train(cohorts, "smoke", outer_steps=4, progress=False, seed=3, checkpoint=ck, checkpoint_every=1, stop_after=2)
-    resumed = train(cohorts, "smoke", outer_steps=4, progress=False, seed=3, checkpoint=ck, resume=True)
+    train(cohorts, "smoke", checkpoint=ck, checkpoint_every=1, stop_after=1, log_path=tmp_path / "r.csv", **kw)
+    assert torch.load(ck, weights_only=False)["step"] == 1
+    resumed = train(cohorts, "smoke", checkpoint=ck, resume=True, log_path=tmp_path / "r.csv", **kw)
     tf = full if kind == "reptile" else full.template
     tr = resumed if kind == "reptile" else resumed.template
     for a, b in zip(tf.forward + tf.backward, tr.forward + tr.backward):
         assert torch.equal(a, b)
     if kind == "reindir":
-        for a, b in zip(full.encoder.parameters(), resumed.encoder.parameters()):
+        for a, b in zip(list(full.parameters()), list(resumed.parameters())):
             assert torch.equal(a, b)
-    path = resumed.save(tmp_path / "m.pt")
-    loaded = meta.load(path)
+    a, b = pd.read_csv(tmp_path / "full.csv"), pd.read_csv(tmp_path / "r.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    loaded = meta.load(resumed.save(tmp_path / "m.pt"))
     assert type(loaded) is type(resumed)
+    lt = loaded if kind == "reptile" else loaded.template
+    assert all(torch.equal(x, y) for x, y in zip(lt.forward, tr.forward))
+    if kind == "reindir":
+        assert all(torch.equal(x, y) for x, y in zip(loaded.parameters(), resumed.parameters()))
+        assert isinstance(meta.load(ck), meta.ReindirModel)  # a checkpoint loads as its model
 
 
 def test_training_log_and_templates_change(tmp_path, cohorts):
     log = tmp_path / "log.csv"
-    t = meta.train_reptile(cohorts, "smoke", outer_steps=3, progress=False, log_path=log)
-    import pandas as pd
-
+    t = meta.train_reptile(cohorts, "smoke", outer_steps=2, progress=False, log_path=log)
     table = pd.read_csv(log)
-    assert list(table["step"]) == [0, 1, 2] and "dirlab/loss_adapted" in table and table["seconds"].is_monotonic_increasing
-    fresh = init_siren(generator=rn.device.make_generator(0))
+    assert list(table["step"]) == [0, 1] and table["seconds"].is_monotonic_increasing
+    assert {"dirlab/loss_first", "dirlab/loss_adapted", "nlst/loss_adapted", "eps"} <= set(table)
+    fresh = init_siren(generator=make_generator(0))
     assert not torch.equal(fresh[2], t.forward[2])
+    assert t.info["outer_steps"] == 2 and t.info["sets"] == ["dirlab", "nlst"]
+
+
+def test_eps_annealing_and_schedule():
+    f = meta._cosine_with_restarts(total=20, warmup=4, cycles=4)
+    assert [round(f(i), 3) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(8) == 1.0 and f(6) < f(5) < 1.0  # restarts every 4 steps
+    s = meta.TrainSettings.for_profile("paper")
+    assert (s.outer_steps, s.inner_steps, s.inner_points, s.inner_lr, s.encoder_lr, s.warmup_steps, s.cycles) == (
+        22750, 10, 5000, 1e-4, 1e-5, 250, 4)
+
+
+def test_bad_input_is_a_clear_error(tmp_path, cohorts):
+    with pytest.raises(ValueError, match="cohort"):
+        meta.train_reptile({"a": []}, "smoke", progress=False)
+    with pytest.raises(FileNotFoundError):
+        meta.load(tmp_path / "missing.pt")
+    torch.save({"kind": "other"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="x.pt"):
+        meta.load(tmp_path / "x.pt")
+
+
+def test_train_folds_writes_one_model_per_fold(tmp_path, cohorts):
+    pairs = [p for ps in cohorts.values() for p in ps]
+    paths = meta.train_folds(pairs, tmp_path, kind="reptile", k=2, profile="smoke", outer_steps=1, progress=False)
+    assert sorted(paths) == [0, 1] and all(p.name == f"reptile_fold{i}.pt" for i, p in paths.items())
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert sorted(folds["pair"]) == sorted(p.name for p in pairs)
+    assert all(folds.groupby("fold")["dataset"].nunique() == 2)  # stratified: both sets in each fold
+    methods, fold_of = rn.evaluate.load_models(tmp_path)
+    assert set(methods["Reptile"]) == {0, 1} and fold_of == dict(zip(folds["pair"], folds["fold"]))
