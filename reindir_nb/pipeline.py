@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["NOTEBOOKS", "notebook_paths", "run_notebook", "run_all"]
+__all__ = ["NOTEBOOKS", "notebook_paths", "run_notebook", "run_all", "describe_workspace"]
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -41,18 +41,43 @@ def run_notebook(notebook: str | Path, workspace: str | Path, profile: str = "de
 
 
 def run_all(workspace: str | Path, profile: str = "demo", only: Sequence[str] = ()) -> list[Path]:
-    """Run every numbered notebook (or those whose names start with one of ``only``) in order."""
+    """Run every numbered notebook (or those whose names start with one of ``only``) in order.
+
+    A failing notebook stops the run; its executed copy (with the traceback) is in
+    ``WORKSPACE/executed/``."""
     from tqdm.auto import tqdm
 
     paths = [p for p in notebook_paths() if not only or any(p.name.startswith(o) for o in only)]
+    if not paths:
+        raise ValueError(f"no notebook in {NOTEBOOKS} matches {list(only)}")
     done = []
     bar = tqdm(paths, desc=f"notebooks ({profile})", unit="nb")
     for nb in bar:
         bar.set_postfix_str(nb.name)
         t0 = time.perf_counter()
-        done.append(run_notebook(nb, workspace, profile))
+        try:
+            done.append(run_notebook(nb, workspace, profile))
+        except Exception:
+            executed = Path(workspace).resolve() / "executed" / nb.name
+            tqdm.write(f"  {nb.name} FAILED after {time.perf_counter() - t0:.0f} s; see {executed}")
+            raise
         tqdm.write(f"  {nb.name}: {time.perf_counter() - t0:.0f} s")
     return done
+
+
+_KINDS = {"figures": (".png", ".pdf", ".html"), "tables": (".csv", ".json")}
+
+
+def describe_workspace(workspace: str | Path) -> str:
+    """One line per folder of the workspace: number of files, of figures and of tables, path."""
+    workspace = Path(workspace).resolve()
+    lines = [f"Workspace: {workspace}"]
+    for sub in sorted(p for p in workspace.iterdir() if p.is_dir()):
+        files = [f for f in sub.rglob("*") if f.is_file()]
+        counts = {kind: sum(f.suffix in ext for f in files) for kind, ext in _KINDS.items()}
+        extra = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+        lines.append(f"  {sub.name + '/':18s} {len(files):4d} files{f' ({extra})' if extra else ''}  {sub}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -63,10 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workspace = Path(args.workspace).resolve()
     run_all(workspace, args.profile, args.only)
-    print(f"\nDone. Workspace: {workspace}")
-    for sub in ("prepared", "checkpoints", "results", "figures", "executed"):
-        if (workspace / sub).exists():
-            print(f"  {sub + '/':13s} {workspace / sub}")
+    print("\nDone. " + describe_workspace(workspace))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,18 @@ from nbrun import run_notebook
 
 def test_notebook_02(tmp_path):
     run_notebook("02_inr_registration.ipynb", tmp_path, profile="smoke", ITERATIONS=30)
-    summary = json.loads((tmp_path / "02_registration" / "summary.json").read_text())
+    out = tmp_path / "02_registration"
+    summary = json.loads((out / "summary.json").read_text())
     real = summary["elastix-lung"]
+    # no notebook-01 output in this workspace: the notebook prepared the pair itself, pre-aligned it (35 mm apart)
     assert real["prealign"] == "affine" and real["initial_mean_mm"] > 34
-    assert real["final_mean_mm"] < 10.0  # affine + 30 ccIDIR steps at 8 mm voxels
+    assert real["prealign_mean_mm"] < 9.0  # affine alone at 8 mm voxels: ~7 mm
+    # measured at smoke: 35.3 -> 7.3 (affine) -> 3.1 mm (30 ccIDIR steps); elastix affine + B-spline: 7.1 mm
+    assert real["final_mean_mm"] < min(5.0, real["prealign_mean_mm"]) and real["iterations"] == 30 and real["seconds"] > 0
     phantom = next(v for k, v in summary.items() if k.startswith("phantom-"))
-    assert phantom["final_mean_mm"] < phantom["initial_mean_mm"]
-    assert (tmp_path / "02_registration" / "tre_curves.png").is_file()
+    assert phantom["prealign"] == "none" and phantom["prealign_mean_mm"] == phantom["initial_mean_mm"]
+    assert phantom["final_mean_mm"] < phantom["initial_mean_mm"] / 2  # measured 9.7 -> 2.9 mm
+    assert phantom["folding_fraction"] < 0.01
+    regs = summary["regularisers"]
+    assert regs["jacobian"]["std_log_jacobian"] < regs["none"]["std_log_jacobian"]
+    assert (out / "tre_curves.png").stat().st_size > 1000
