@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import derivatives, losses
 from .geometry import Grid, compose_affine, invert_affine
-from .inr import Params, siren
+from .inr import Params
 from .pair import Pair
 
 __all__ = ["LossWeights", "Problem", "ccidir_terms", "sample_image", "apply_matrix"]
@@ -197,14 +197,14 @@ def ccidir_terms(
             v, _, hess = derivatives.hessian(net, x, omega, method=derivative_method, bf16=derivative_bf16)
             terms[f"reg_{tag}"] = losses.bending_energy(losses.hessian_to_mm(hess, to_mm[:3, :3]))
         elif regulariser == "none":
-            v = siren(net, x, omega)
+            v = derivatives.displacement(net, x, omega, method=derivative_method)
             terms[f"reg_{tag}"] = torch.zeros((), device=dev, dtype=dt)
         else:
             raise ValueError(f"unknown regulariser {regulariser!r} (use 'jacobian', 'bending' or 'none')")
         y = apply_matrix(to_other, x + v)
         stencil = lncc_stencil(shape, 2.0, dev, dt) if similarity == "lncc" else None
         terms[f"ncc_{tag}"] = _similarity(own_image, x, other_image, y, similarity, stencil)
-        returned = apply_matrix(back, y + siren(other, y, omega))
+        returned = apply_matrix(back, y + derivatives.displacement(other, y, omega, method=derivative_method))
         lin = to_mm[:3, :3].t()
         terms[f"cycle_{tag}"] = losses.cycle_loss(x @ lin, returned @ lin)
     reg_weight = weights.jacobian if regulariser == "jacobian" else weights.bending
