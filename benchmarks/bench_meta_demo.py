@@ -2,6 +2,7 @@
 REINDIR on HELD-OUT phantom pairs: mean TRE at iteration 0 and 25, mean and range over seeds.
 
     .venv/bin/python benchmarks/bench_meta_demo.py [--profile demo] [--outer-steps N] [--seeds 5]
+        [--workspace W]   (--seeds 0: train and save only; bench_sweep_demo.py then evaluates)
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=25)
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--methods", nargs="+", default=["reptile", "reindir"], choices=["reptile", "reindir"],
+                    help="what to train (a method not trained is loaded from OUT/<method>.pt)")
+    ap.add_argument("--workspace", default=None,
+                    help="also save the models as WORKSPACE/checkpoints/{reptile,reindir}.pt (what "
+                         "benchmarks/bench_sweep_demo.py and notebook 04 load)")
     args = ap.parse_args()
     prof = rn.get_profile(args.profile)
     n_train = args.train_pairs or prof.cohort_size
@@ -37,15 +43,23 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     changes = {} if args.outer_steps is None else {"outer_steps": args.outer_steps}
-    t = time.perf_counter()
-    template = rn.meta.train_reptile(train, prof, log_path=out / "reptile_log.csv", **changes)
-    t_reptile = time.perf_counter() - t
-    t = time.perf_counter()
-    model = rn.meta.train_reindir(train, prof, log_path=out / "reindir_log.csv", **changes)
-    t_reindir = time.perf_counter() - t
-    template.save(out / "reptile.pt")
-    model.save(out / "reindir.pt")
+    trained = {}
+    for method, train_fn in (("reptile", rn.meta.train_reptile), ("reindir", rn.meta.train_reindir)):
+        if method not in args.methods:
+            trained[method] = (rn.meta.load(out / f"{method}.pt"), float("nan"))
+            continue
+        t = time.perf_counter()
+        trained[method] = (train_fn(train, prof, log_path=out / f"{method}_log.csv", **changes), time.perf_counter() - t)
+        trained[method][0].save(out / f"{method}.pt")
+    (template, t_reptile), (model, t_reindir) = trained["reptile"], trained["reindir"]
+    if args.workspace:
+        checkpoints = Path(args.workspace) / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        template.save(checkpoints / "reptile.pt")
+        model.save(checkpoints / "reindir.pt")
     print(f"training: Reptile {t_reptile:.0f} s, REINDIR {t_reindir:.0f} s ({template.info['outer_steps']} outer steps)")
+    if args.seeds == 0:
+        return
     rows = []
     for pair in test:
         for name, init in (("ccIDIR", "random"), ("Reptile", template), ("REINDIR", model)):

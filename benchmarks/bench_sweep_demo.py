@@ -27,13 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--pairs-per-style", type=int, default=2)
-    ap.add_argument("--iterations", type=int, nargs="+", default=[0, 25, 100])
+    ap.add_argument("--iterations", type=int, nargs="+", default=None, help="default: the profile's eval_iterations")
     ap.add_argument("--points-per-step", type=int, default=None)
     ap.add_argument("--similar", type=float, default=0.15, help="relative difference counted as 'similar'")
     ap.add_argument("--figures", action="store_true", help="also write the figures into WORKSPACE/bench_figures")
     args = ap.parse_args(argv)
 
     profile = rn.get_profile(args.profile)
+    args.iterations = list(profile.eval_iterations) if args.iterations is None else args.iterations
     workspace = Path(args.workspace).resolve()
     methods, folds = evaluate.load_models(workspace / "checkpoints")
     if {"Reptile", "REINDIR"} - set(methods):
@@ -65,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     wide = curves.pivot_table(index=["dataset", "method"], columns="iteration", values="median")[sorted(set(show))]
     print("\nFigure 3 numbers: median over seeds of the pair-mean TRE (mm)")
     print(wide.round(2).to_string())
+
+    pooled = table[table["iteration"].isin(show)].groupby(["method", "iteration", "seed"])["tre_mean_mm"].mean()
+    pooled = pooled.groupby(["iteration", "method"]).agg(["mean", "min", "max"]).round(2)
+    print("\nAll held-out pairs pooled: mean TRE (mm) over pairs, then mean [min, max] over seeds")
+    print(pooled.to_string())
 
     def at(ds: str, method: str, it: int) -> float:
         return float(wide.loc[(ds, method), it])

@@ -432,43 +432,32 @@ def displacement(
     return siren(params, x, omega)
 
 
+def _dispatch(order: int, params: Params, x: Tensor, omega: float, method: str, chunk: int | None, bf16: bool):
+    _check_method(method)
+    if method == "forward":
+        out = _jet_fast(params, x, omega, order, chunk, bf16)
+    elif method == "forward-autograd":
+        out = _jet_autograd(params, x, omega, order)
+    else:
+        return (jacobian_autograd if order == 1 else hessian_autograd)(params, x, omega)
+    return _split_jacobian(out) if order == 1 else _split_hessian(out)
+
+
 def jacobian(
-    params: Params,
-    x: Tensor,
-    omega: float = 30.0,
-    method: str = "forward",
-    *,
-    chunk: int | None = None,
-    bf16: bool = False,
+    params: Params, x: Tensor, omega: float = 30.0, method: str = "forward", *, chunk: int | None = None, bf16: bool = False
 ) -> tuple[Tensor, Tensor]:
     """``(v, J)``: displacement (N, 3) and ``J[n, i, j] = dv_i/dx_j`` (N, 3, 3), INR units.
 
     ``chunk`` and ``bf16`` tune the ``"forward"`` path only (see the module docstring).
     """
-    _check_method(method)
-    if method == "forward":
-        return jacobian_forward(params, x, omega, chunk=chunk, bf16=bf16)
-    if method == "forward-autograd":
-        return jacobian_forward_autograd(params, x, omega)
-    return jacobian_autograd(params, x, omega)
+    return _dispatch(1, params, x, omega, method, chunk, bf16)
 
 
 def hessian(
-    params: Params,
-    x: Tensor,
-    omega: float = 30.0,
-    method: str = "forward",
-    *,
-    chunk: int | None = None,
-    bf16: bool = False,
+    params: Params, x: Tensor, omega: float = 30.0, method: str = "forward", *, chunk: int | None = None, bf16: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(v, J, H)`` with ``H[n, i, j, k] = d^2 v_i / dx_j dx_k`` (N, 3, 3, 3), INR units."""
-    _check_method(method)
-    if method == "forward":
-        return hessian_forward(params, x, omega, chunk=chunk, bf16=bf16)
-    if method == "forward-autograd":
-        return hessian_forward_autograd(params, x, omega)
-    return hessian_autograd(params, x, omega)
+    return _dispatch(2, params, x, omega, method, chunk, bf16)
 
 
 def jet_matmul_flops(points: int, sizes: tuple[int, ...] = (3, 256, 256, 256, 3), order: int = 0, backward: bool = True) -> float:

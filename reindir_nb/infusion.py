@@ -5,9 +5,15 @@ heads map the embedding e (length E) to ``gamma_l`` (length E) and ``delta_l`` (
 ``gamma_l`` is repeated (tiled) and truncated to fill the 256x256 weight shape row by row (with
 E = 1025 each row is a shifted copy), giving ``Gamma_l``; then ``W_l <- W_l * (1 + Gamma_l)`` and
 ``b_l <- b_l + delta_l``. Heads start at zero, so an untrained model equals its template exactly.
+
+The heads read ``e / sqrt(E)``: with the encoder's signal-preserving initialisation the embedding
+entries are O(1), and an Adam step on an (E x E) head would otherwise change ``gamma`` by
+``lr * sum_j |e_j|`` ~ ``lr * E`` per step (0.15 at lr 3e-4: far too large a jump in every weight).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -49,9 +55,14 @@ class InfusionHeads(nn.Module):
         for p in self.parameters():
             nn.init.zeros_(p)
 
+    @staticmethod
+    def head_input(embedding: Tensor) -> Tensor:
+        """What the heads read: the embedding ``(E,)`` (or ``(1, E)``) flattened, divided by sqrt(E)."""
+        return embedding.reshape(-1) / math.sqrt(embedding.numel())
+
     def infuse(self, embedding: Tensor, forward: Params, backward: Params) -> tuple[Params, Params]:
         """Modulated (forward, backward) params for ONE embedding ``(E,)`` or ``(1, E)``."""
-        e = embedding.reshape(-1)
+        e = self.head_input(embedding)
         result = []
         for net, template in (("forward", forward), ("backward", backward)):
             gammas = {l: self.gamma[f"{net}{l}"](e) for l in self.layers}

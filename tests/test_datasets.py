@@ -5,23 +5,17 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 import reindir_nb as rn
 from reindir_nb import datasets, io
 from reindir_nb.pair import Pair
 from reindir_nb.volume import Volume
 
-FLIP_XY = (-1, 0, 0, 0, -1, 0, 0, 0, 1)
+from imagefiles import FLIP_XY, write_sitk
 
 
 def write_nifti(path, arr, spacing, origin, direction=FLIP_XY):
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    img.SetDirection(direction)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path))
+    return write_sitk(path, arr, spacing, origin, direction)
 
 
 def zero_raw(path, case):

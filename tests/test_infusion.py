@@ -59,8 +59,8 @@ def test_heads_modulate_only_hidden_layers_of_both_nets():
         for i in (0, 1, 6, 7):  # input and output layers unchanged
             assert torch.equal(new[i], old[i])
         for l in (1, 2):
-            gamma = heads.gamma[f"{net}{l}"](e)
-            delta = heads.delta[f"{net}{l}"](e)
+            gamma = heads.gamma[f"{net}{l}"](e / 33 ** 0.5)  # the heads read e / sqrt(E)
+            delta = heads.delta[f"{net}{l}"](e / 33 ** 0.5)
             assert gamma.shape == (33,) and delta.shape == (256,)
             torch.testing.assert_close(new[2 * l], old[2 * l] * (1 + repeat_to_matrix(gamma, (256, 256))))
             torch.testing.assert_close(new[2 * l + 1], old[2 * l + 1] + delta)

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import SimpleITK as sitk
 
 from reindir_nb import io
 from reindir_nb.datasets import data_root
@@ -18,18 +17,7 @@ from reindir_nb.geometry import Grid
 from reindir_nb.pair import Pair
 from reindir_nb.volume import Volume
 
-FLIP_XY = (-1, 0, 0, 0, -1, 0, 0, 0, 1)  # LPS image of a RAS-stored NIfTI
-
-
-def write_sitk(path, arr, spacing, origin, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    img.SetDirection(direction)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path))
-    return path
-
+from imagefiles import FLIP_XY, write_sitk
 
 # ----------------------------------------------------------------------------------- images
 @pytest.mark.parametrize("suffix", [".nii.gz", ".mha", ".nrrd"])
