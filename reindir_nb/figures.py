@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib import patheffects
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -278,8 +279,10 @@ def landmark_panel(
     if len(near) < min(5, len(err)):  # thin slab: take the landmarks closest to the slice
         near = np.argsort(np.abs(idx_m[:, a] - centre))[: min(max_points, len(err))]
     near = near[:: max(1, int(np.ceil(len(near) / max_points)))]
+    halo = [patheffects.withStroke(linewidth=2.4, foreground="white")]  # black lines stay visible on dark lung
     for i in near:
-        ax.plot([idx_p[i, cols_ax], idx_m[i, cols_ax]], [idx_p[i, rows_ax], idx_m[i, rows_ax]], color="k", lw=0.9)
+        ax.plot([idx_p[i, cols_ax], idx_m[i, cols_ax]], [idx_p[i, rows_ax], idx_m[i, rows_ax]], color="k", lw=0.9,
+                path_effects=halo)
     ax.scatter(idx_p[near, cols_ax], idx_p[near, rows_ax], s=10, c=FIXED_COLOUR, zorder=3, linewidths=0)
     ax.scatter(idx_m[near, cols_ax], idx_m[near, rows_ax], s=10, c=MOVING_COLOUR, zorder=3, linewidths=0)
     ax.set_xlim(-0.5, img.shape[1] - 0.5)
