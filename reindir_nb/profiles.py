@@ -41,8 +41,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "demo": Profile(
         # 5000 test-time points: a 2-core CPU step takes ~0.28 s instead of ~0.6-0.8 s at 10000
-        # (TRE after 20 steps on a demo dirlab phantom: 2.09 vs 1.98 mm); at 4 mm the methods
-        # have converged by ~50 steps, so sweeps record 0/10/25/50.
+        # (TRE after 20 steps on a demo dirlab phantom: 2.09 vs 1.98 mm). Sweeps record 0/10/25/50:
+        # at 4 mm the learned inits have levelled off by 50 steps (0.9 mm on held-out phantoms);
+        # a random start is still falling there (1.4 mm), see benchmarks/results/bench_sweep_demo.txt.
         name="demo", spacing_mm=4.0, patch_size=(64, 64, 64), cohort_size=20, points_per_step=5000,
         iterations=250, record_every=25, inner_steps=10, inner_points=2000, outer_steps=150,
         encoder_width=6, embedding_length=1025, seeds=5, folds=5, eval_iterations=(0, 10, 25, 50),
