@@ -62,12 +62,17 @@ class InfusionHeads(nn.Module):
         """What the heads read: the embedding ``(E,)`` (or ``(1, E)``) flattened, divided by sqrt(E)."""
         return embedding.reshape(-1) / math.sqrt(embedding.numel())
 
+    def modulations(self, embedding: Tensor) -> dict[str, tuple[dict[int, Tensor], dict[int, Tensor]]]:
+        """``{"forward"|"backward": (gammas, deltas)}`` per modulated layer, for ONE embedding."""
+        e = self.head_input(embedding)
+        return {net: ({l: self.gamma[f"{net}{l}"](e) for l in self.layers},
+                      {l: self.delta[f"{net}{l}"](e) for l in self.layers}) for net in ("forward", "backward")}
+
+    @staticmethod
+    def apply(modulations: dict, forward: Params, backward: Params) -> tuple[Params, Params]:
+        """Modulated (forward, backward) params from :meth:`modulations`."""
+        return modulate(forward, *modulations["forward"]), modulate(backward, *modulations["backward"])
+
     def infuse(self, embedding: Tensor, forward: Params, backward: Params) -> tuple[Params, Params]:
         """Modulated (forward, backward) params for ONE embedding ``(E,)`` or ``(1, E)``."""
-        e = self.head_input(embedding)
-        result = []
-        for net, template in (("forward", forward), ("backward", backward)):
-            gammas = {l: self.gamma[f"{net}{l}"](e) for l in self.layers}
-            deltas = {l: self.delta[f"{net}{l}"](e) for l in self.layers}
-            result.append(modulate(template, gammas, deltas))
-        return result[0], result[1]
+        return self.apply(self.modulations(embedding), forward, backward)

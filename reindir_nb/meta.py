@@ -5,7 +5,9 @@ INRs are reset to the templates, the (frozen) encoder embeds the pair, ``inner_s
 steps adapt the template copies under the full ccIDIR loss (REINDIR: the infused weights are
 used in every step, the adapted tensors are the template copies), then the encoder and infusion
 heads take one first-order Adam step on the loss at the adapted weights with the embedding
-re-attached. The templates move TOWARD the adapted weights (Reptile)::
+re-attached (``encoder_loss_at="adapted"``, Algorithm 1) or on the zero-shot loss of the
+infused templates, i.e. the first inner step's loss (``encoder_loss_at="template"``, what
+iteration 0 at test time measures; see :class:`TrainSettings`). The templates move TOWARD the adapted weights (Reptile)::
 
     phi0 <- phi0 + eps * mean_over_sets(phi_adapted - phi0)
 
@@ -202,6 +204,17 @@ class TrainSettings:
     regulariser: str = "jacobian"
     weights: LossWeights = LossWeights()
     omega: float = 30.0
+    # Which loss trains the encoder (REINDIR). "adapted": the loss of the adapted INRs with the
+    # embedding re-attached (Algorithm 1, first order). "template": the zero-shot loss of the
+    # infused templates, taken from the first inner step's backward (no extra INR evaluation).
+    # Measured at demo (frozen Reptile template, 6 held-out phantoms): 100-300 encoder steps on
+    # the zero-shot loss cut the zero-shot TRE from 4.04 to 3.56-3.65 mm; on the adapted loss the
+    # encoder learns nothing (README, benchmarks/results/meta_demo).
+    encoder_loss_at: str = "adapted"
+
+    def __post_init__(self) -> None:
+        if self.encoder_loss_at not in ("adapted", "template"):
+            raise ValueError(f"encoder_loss_at must be 'adapted' or 'template', got {self.encoder_loss_at!r}")
 
     @classmethod
     def for_profile(cls, profile: "str | Profile", **changes) -> "TrainSettings":
@@ -213,7 +226,9 @@ class TrainSettings:
             # warm-up. The inner SGD lr stays 1e-4: SGD on the SIRENs diverges at 1e-3 (measured).
             # Encoder lr 1e-4: at demo with 3e-4 the zero-shot loss of the infused template jumped
             # from 0.4 to 2.5 once the warm-up passed ~2.5e-4 and stayed > 1.2 (measured).
-            base.update(encoder_lr=1e-4, warmup_steps=max(1, prof.outer_steps // 10))
+            # The encoder learns from the zero-shot loss: at demo the adapted-loss signal (Algorithm 1)
+            # taught it nothing in 150 outer steps (see encoder_loss_at).
+            base.update(encoder_lr=1e-4, warmup_steps=max(1, prof.outer_steps // 10), encoder_loss_at="template")
         base.update(changes)
         return cls(**base)
 
@@ -290,28 +305,35 @@ class _Trainer:
         xb = problem.sample_points(s.inner_points, self.points, "moving")
         return ccidir_terms(forward, backward, problem, xf, xb, s.regulariser, s.weights, s.omega)
 
-    def adapt(self, problem: Problem) -> tuple[Params, Params, float]:
+    def adapt(self, problem: Problem, encoder_grad: bool = False) -> tuple[Params, Params, float, dict | None]:
         """Inner loop: ``inner_steps`` SGD steps from the templates (REINDIR: on the infused weights,
-        the embedding from the frozen encoder). Returns the adapted (pre-infusion) template copies,
-        detached, and the loss of the first step."""
+        the modulations from the frozen encoder). Returns the adapted (pre-infusion) template copies,
+        detached, the loss of the first step and the (detached) modulations used (None for Reptile).
+
+        ``encoder_grad`` (REINDIR): the first step's loss, the zero-shot loss of the infused
+        templates, also back-propagates into the encoder and heads (accumulated in their ``.grad``)."""
         s = self.settings
         fwd = clone_params([p.to(self.device) for p in self.template.forward], requires_grad=True)
         bwd = clone_params([p.to(self.device) for p in self.template.backward], requires_grad=True)
-        embedding = None
+        mods = frozen = None
         if isinstance(self.model, ReindirModel):
-            with torch.no_grad():
-                embedding = self.model.embed(problem)
+            with torch.set_grad_enabled(encoder_grad):
+                mods = self.model.heads.modulations(self.model.embed(problem))
+            frozen = {net: tuple({l: t.detach() for l, t in part.items()} for part in gd) for net, gd in mods.items()}
         sgd = torch.optim.SGD(fwd + bwd, lr=s.inner_lr)
         first = float("nan")
         for i in range(s.inner_steps):
-            used = self.model.infused(embedding, fwd, bwd) if embedding is not None else (fwd, bwd)
+            if mods is None:
+                used = (fwd, bwd)
+            else:
+                used = self.model.heads.apply(mods if (i == 0 and encoder_grad) else frozen, fwd, bwd)
             total = self._loss(*used, problem)["total"]
             if i == 0:
                 first = float(total.detach())
             sgd.zero_grad(set_to_none=True)
             total.backward()
             sgd.step()
-        return [p.detach() for p in fwd], [p.detach() for p in bwd], first
+        return [p.detach() for p in fwd], [p.detach() for p in bwd], first, frozen
 
     def encoder_step(self, problem: Problem, forward: Params, backward: Params) -> float:
         """First-order encoder update: the loss at the adapted weights ``forward``/``backward`` (held
@@ -325,12 +347,19 @@ class _Trainer:
 
     def _task(self, pair: Pair) -> tuple[Params, Params, dict[str, float]]:
         problem = self._problem(pair)
-        fwd, bwd, first = self.adapt(problem)
-        if isinstance(self.model, ReindirModel):
+        reindir = isinstance(self.model, ReindirModel)
+        at_template = reindir and self.settings.encoder_loss_at == "template"
+        if at_template:
+            self.optimiser.zero_grad(set_to_none=True)
+        fwd, bwd, first, mods = self.adapt(problem, encoder_grad=at_template)
+        if reindir and not at_template:
             adapted_loss = self.encoder_step(problem, fwd, bwd)
-        else:  # the loss the encoder step would see, for the log
-            with torch.set_grad_enabled(self.settings.regulariser == "bending"):
-                adapted_loss = float(self._loss(fwd, bwd, problem)["total"].detach())
+        else:
+            if at_template:
+                self.optimiser.step()  # the gradient of the first inner step's (zero-shot) loss
+            used = (fwd, bwd) if mods is None else self.model.heads.apply(mods, fwd, bwd)
+            with torch.set_grad_enabled(self.settings.regulariser == "bending"):  # for the log
+                adapted_loss = float(self._loss(*used, problem)["total"].detach())
         return fwd, bwd, {"loss_first": first, "loss_adapted": adapted_loss}
 
     def outer_step(self) -> dict:

@@ -58,12 +58,10 @@ def test_outer_step_moves_templates_toward_adapted_weights(cohorts, eps):
 
 
 def test_encoder_step_reaches_encoder_and_heads_not_templates(cohorts):
-    trainer = _trainer("reindir", cohorts, scale_augment=False)
+    trainer = _trainer("reindir", cohorts, scale_augment=False, encoder_loss_at="adapted")
     optimised = {id(p) for g in trainer.optimiser.param_groups for p in g["params"]}
     assert optimised == {id(p) for p in list(trainer.model.encoder.parameters()) + list(trainer.model.heads.parameters())}
-    with torch.no_grad():  # non-zero heads so that the encoder is on the gradient path
-        for p in trainer.model.heads.parameters():
-            p.normal_(0, 1e-3, generator=make_generator(0))
+    _random_heads(trainer)
     problem = Problem.from_pair(cohorts["nlst"][0])
     fwd = [p.clone().requires_grad_(True) for p in trainer.template.forward]
     bwd = [p.clone().requires_grad_(True) for p in trainer.template.backward]
@@ -78,9 +76,49 @@ def test_encoder_step_reaches_encoder_and_heads_not_templates(cohorts):
     assert all(torch.equal(a, b) for a, b in zip(template_before, trainer.template.forward + trainer.template.backward))
 
 
-def test_zero_heads_pass_no_gradient_to_the_encoder_on_the_first_step(cohorts):
+def _random_heads(trainer):
+    with torch.no_grad():  # non-zero heads so that the encoder is on the gradient path
+        for p in trainer.model.heads.parameters():
+            p.normal_(0, 1e-3, generator=make_generator(0))
+
+
+def test_template_mode_trains_the_encoder_on_the_zero_shot_loss(cohorts):
+    """encoder_loss_at="template": the encoder gradient is the gradient of the loss of the INFUSED
+    TEMPLATES (same points as the first inner step), not of the adapted weights; templates untouched."""
+    a, b = (_trainer("reindir", cohorts, scale_augment=False, encoder_loss_at="template") for _ in range(2))
+    for t in (a, b):
+        _random_heads(t)
+    problem = Problem.from_pair(cohorts["nlst"][0])
+    template_before = [p.clone() for p in a.template.forward + a.template.backward]
+    a.optimiser.zero_grad(set_to_none=True)
+    a.adapt(problem, encoder_grad=True)
+    # by hand on the twin: zero-shot loss, points from the same generator state as a's first step
+    zero_shot = b._loss(*b.model.infused(b.model.embed(problem), b.template.forward, b.template.backward), problem)
+    zero_shot["total"].backward()
+    pairs = list(zip(a.model.encoder.parameters(), b.model.encoder.parameters()))
+    pairs += list(zip(a.model.heads.parameters(), b.model.heads.parameters()))
+    assert sum(int(torch.count_nonzero(pa.grad)) for pa, _ in pairs) > 0
+    for pa, pb in pairs:
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-9)
+    assert all(torch.equal(x, y) for x, y in zip(template_before, a.template.forward + a.template.backward))
+    # one whole task: an Adam step on encoder and heads, the template copies adapt, templates stay
+    enc0 = [p.clone() for p in a.model.encoder.parameters()]
+    fwd, _, stats = a._task(cohorts["nlst"][0])
+    assert any(not torch.equal(x, y) for x, y in zip(enc0, a.model.encoder.parameters()))
+    assert not torch.equal(fwd[2], a.template.forward[2]) and stats["loss_adapted"] < stats["loss_first"]
+    assert all(torch.equal(x, y) for x, y in zip(template_before, a.template.forward + a.template.backward))
+
+
+def test_encoder_loss_at_is_checked():
+    with pytest.raises(ValueError, match="encoder_loss_at"):
+        meta.TrainSettings.for_profile("smoke", encoder_loss_at="adpated")
+    assert meta.TrainSettings.for_profile("paper").encoder_loss_at == "adapted"  # Algorithm 1
+
+
+@pytest.mark.parametrize("at", ["adapted", "template"])
+def test_zero_heads_pass_no_gradient_to_the_encoder_on_the_first_step(cohorts, at):
     """With zero heads the encoder is off the gradient path; one Adam step on the heads puts it on."""
-    trainer = _trainer("reindir", cohorts, scale_augment=False)
+    trainer = _trainer("reindir", cohorts, scale_augment=False, encoder_loss_at=at)
     enc0 = [p.clone() for p in trainer.model.encoder.parameters()]
     tmpl0 = [p.clone() for p in trainer.template.forward]
     pair = cohorts["nlst"][0]
@@ -101,10 +139,12 @@ def test_untrained_reindir_equals_template_in_register(cohorts):
     assert model.encoder_seconds > 0
 
 
-@pytest.mark.parametrize("kind", ["reptile", "reindir"])
+@pytest.mark.parametrize("kind", ["reptile", "reindir", "reindir-adapted"])
 def test_resume_equals_uninterrupted(tmp_path, cohorts, kind):
-    train = meta.train_reindir if kind == "reindir" else meta.train_reptile
+    train = meta.train_reptile if kind == "reptile" else meta.train_reindir
     kw = dict(outer_steps=3, progress=False, seed=3)
+    if kind == "reindir-adapted":
+        kind, kw["encoder_loss_at"] = "reindir", "adapted"
     full = train(cohorts, "smoke", log_path=tmp_path / "full.csv", **kw)
     ck = tmp_path / "ck.pt"
     train(cohorts, "smoke", checkpoint=ck, checkpoint_every=1, stop_after=1, log_path=tmp_path / "r.csv", **kw)
