@@ -3,6 +3,7 @@ REINDIR on HELD-OUT phantom pairs: mean TRE at iteration 0 and 25, mean and rang
 
     .venv/bin/python benchmarks/bench_meta_demo.py [--profile demo] [--outer-steps N] [--seeds 5]
         [--workspace W]   (--seeds 0: train and save only; bench_sweep_demo.py then evaluates)
+        [--reindir-start-from-reptile --reindir-eps 0.1]   (REINDIR warm-started from the Reptile template)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def main() -> None:
     ap.add_argument("--workspace", default=None,
                     help="also save the models as WORKSPACE/checkpoints/{reptile,reindir}.pt (what "
                          "benchmarks/bench_sweep_demo.py and notebook 04 load)")
+    ap.add_argument("--reindir-start-from-reptile", action="store_true",
+                    help="start REINDIR's templates from the Reptile template of this run (or OUT/reptile.pt)")
+    ap.add_argument("--reindir-eps", type=float, default=None, help="REINDIR's Reptile step eps (default: settings)")
     args = ap.parse_args()
     prof = rn.get_profile(args.profile)
     n_train = args.train_pairs or prof.cohort_size
@@ -48,8 +52,15 @@ def main() -> None:
         if method not in args.methods:
             trained[method] = (rn.meta.load(out / f"{method}.pt"), float("nan"))
             continue
+        extra = {}
+        if method == "reindir":
+            if args.reindir_start_from_reptile:
+                extra["start"] = trained["reptile"][0]
+            if args.reindir_eps is not None:
+                extra["eps"] = args.reindir_eps
         t = time.perf_counter()
-        trained[method] = (train_fn(train, prof, log_path=out / f"{method}_log.csv", **changes), time.perf_counter() - t)
+        trained[method] = (train_fn(train, prof, log_path=out / f"{method}_log.csv", **changes, **extra),
+                           time.perf_counter() - t)
         trained[method][0].save(out / f"{method}.pt")
     (template, t_reptile), (model, t_reindir) = trained["reptile"], trained["reindir"]
     if args.workspace:
@@ -57,7 +68,8 @@ def main() -> None:
         checkpoints.mkdir(parents=True, exist_ok=True)
         template.save(checkpoints / "reptile.pt")
         model.save(checkpoints / "reindir.pt")
-    print(f"training: Reptile {t_reptile:.0f} s, REINDIR {t_reindir:.0f} s ({template.info['outer_steps']} outer steps)")
+    print(f"training: Reptile {t_reptile:.0f} s ({template.info['outer_steps']} outer steps), "
+          f"REINDIR {t_reindir:.0f} s ({model.info['outer_steps']} outer steps)")
     if args.seeds == 0:
         return
     rows = []

@@ -347,11 +347,13 @@ def failure_case(
     folder: str | os.PathLike | None = None,
     axis: str = "coronal",
     name: str = "figure5_failure_case",
+    reason: str = "smallest zero-shot gain",
 ) -> Figure:
     """Paper Figure 5: the failure pair without registration, before optimisation and after
-    some steps, e.g. ``{"No registration": None, "REINDIR, 0 steps": pts0, "REINDIR, 25 steps": pts25}``."""
+    some steps, e.g. ``{"No registration": None, "REINDIR, 0 steps": pts0, "REINDIR, 25 steps": pts25}``;
+    ``reason`` (why this pair) goes into the title."""
     fig = zero_shot_comparison(pair, points_by_stage, folder=None, iteration=None, axis=axis)
-    fig.suptitle(f"{pair.name}: failure case (smallest zero-shot gain)", fontsize=10)
+    fig.suptitle(f"{pair.name}: failure case ({reason})", fontsize=10)
     save_figure(fig, folder, name)
     return fig
 
@@ -464,7 +466,8 @@ def paper_figures(
                                                                                   regulariser, 0)}
             if later is not None:
                 stages[f"{main}, {later} steps"] = load_points(results_path, p5, main, seed, regulariser, later)
-            fig = failure_case(pairs[p5], stages, folder)
+            where = f" among the {ds5} pairs" if ds5 else ""
+            fig = failure_case(pairs[p5], stages, folder, reason=f"smallest zero-shot gain of {main} over {baseline}{where}")
             plt.close(fig)
             out["figure5"] = files("figure5_failure_case")
 

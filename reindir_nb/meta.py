@@ -262,12 +262,18 @@ class _Trainer:
     """State of one meta-training run (templates, encoder, optimiser, generators, log)."""
 
     def __init__(self, kind: str, cohorts: dict[str, list[Pair]], settings: TrainSettings, profile: Profile,
-                 seed: int, device: torch.device, width: int, embedding_length: int):
+                 seed: int, device: torch.device, width: int, embedding_length: int,
+                 start: ReptileTemplate | None = None):
         self.kind, self.cohorts, self.settings, self.profile = kind, cohorts, settings, profile
         self.device, self.seed, self.step = device, seed, 0
         config = SirenConfig(omega=settings.omega)
         gen = make_generator(seed)
         template = ReptileTemplate(init_siren(config, gen), init_siren(config, gen), config)
+        if start is not None:  # warm start: a copy of a trained template
+            if start.siren_config.omega != settings.omega:
+                raise ValueError(f"start template has omega {start.siren_config.omega}, settings {settings.omega}")
+            template = ReptileTemplate([p.detach().clone() for p in start.forward],
+                                       [p.detach().clone() for p in start.backward], start.siren_config)
         self.model: ReptileTemplate | ReindirModel = template
         self.optimiser = self.scheduler = None
         if kind == "reindir":
@@ -432,11 +438,15 @@ def _write_log(rows: list[dict], path: Path) -> None:
 
 def _train(kind: str, cohorts, profile, seed: int, device, checkpoint: str | Path | None, checkpoint_every: int,
            log_path: str | Path | None, resume: bool, progress: bool, width: int | None,
-           embedding_length: int | None, stop_after: int | None, **changes):
+           embedding_length: int | None, stop_after: int | None, start=None, **changes):
     prof = get_profile(profile)
+    if isinstance(start, (str, Path)):
+        start = load(start)
+    if start is not None and not isinstance(start, ReptileTemplate):
+        raise ValueError(f"start must be a Reptile template (or its file), got {type(start).__name__}")
     settings = TrainSettings.for_profile(prof, **changes)
     trainer = _Trainer(kind, _as_cohorts(cohorts), settings, prof, seed, get_device(device),
-                       width or prof.encoder_width, embedding_length or prof.embedding_length)
+                       width or prof.encoder_width, embedding_length or prof.embedding_length, start)
     checkpoint = Path(checkpoint) if checkpoint else None
     if resume and checkpoint is not None and checkpoint.is_file():
         trainer.restore(torch.load(checkpoint, map_location="cpu", weights_only=False))
@@ -456,7 +466,8 @@ def _train(kind: str, cohorts, profile, seed: int, device, checkpoint: str | Pat
     bar.close()
     model = trainer.model
     info = {"profile": prof.name, "outer_steps": trainer.step, "seconds": trainer.elapsed, "seed": seed,
-            "sets": sorted(trainer.cohorts), "settings": {k: str(v) for k, v in vars(settings).items()}}
+            "sets": sorted(trainer.cohorts), "settings": {k: str(v) for k, v in vars(settings).items()},
+            "start": None if start is None else dict(start.info)}
     if isinstance(model, ReptileTemplate):
         model.info = info
     else:
@@ -480,17 +491,24 @@ def train_reptile(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
 def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, device=None,
                   checkpoint: str | Path | None = None, checkpoint_every: int = 25, log_path: str | Path | None = None,
                   resume: bool = True, progress: bool = True, width: int | None = None,
-                  embedding_length: int | None = None, stop_after: int | None = None, **settings) -> ReindirModel:
-    """REINDIR (encoder + infusion heads + templates), Algorithm 1 with the Reptile sign fixed."""
+                  embedding_length: int | None = None, stop_after: int | None = None,
+                  start: "ReptileTemplate | str | Path | None" = None, **settings) -> ReindirModel:
+    """REINDIR (encoder + infusion heads + templates), Algorithm 1 with the Reptile sign fixed.
+
+    ``start``: a trained Reptile template (or its file) to start the templates from instead of a
+    fresh initialisation (a CPU shortcut: the paper trains everything from scratch; with a small
+    ``eps`` the encoder then learns against a nearly stationary template)."""
     return _train("reindir", cohorts, profile, seed, device, checkpoint, checkpoint_every, log_path, resume,
-                  progress, width, embedding_length, stop_after, **settings)
+                  progress, width, embedding_length, stop_after, start=start, **settings)
 
 
 def train_folds(pairs: Sequence[Pair], folder: str | Path, kind: str = "reindir", k: int = 5, seed: int = 0,
-                profile: "str | Profile" = "demo", progress: bool = True, **kwargs) -> dict[int, Path]:
+                profile: "str | Profile" = "demo", progress: bool = True, warm_start: bool = False,
+                **kwargs) -> dict[int, Path]:
     """k-fold cross-validation: one model per fold trained on the other folds' pairs (stratified per
     set, :func:`reindir_nb.datasets.kfold_splits`), saved as ``folder/{kind}_fold{i}.pt``; also
-    writes ``folder/folds.csv`` (pair name -> fold that holds it out)."""
+    writes ``folder/folds.csv`` (pair name -> fold that holds it out). ``warm_start`` (REINDIR):
+    start fold i from ``folder/reptile_fold{i}.pt`` (train the Reptile folds first)."""
     from .datasets import kfold_splits
 
     folder = Path(folder)
@@ -499,6 +517,8 @@ def train_folds(pairs: Sequence[Pair], folder: str | Path, kind: str = "reindir"
     paths = {}
     rows = []
     for i, (train_idx, test_idx) in enumerate(kfold_splits(pairs, k, seed)):
+        if kind == "reindir" and warm_start:
+            kwargs["start"] = folder / f"reptile_fold{i}.pt"
         model = train([pairs[j] for j in train_idx], profile=profile, seed=seed + i, progress=progress,
                       checkpoint=folder / f"{kind}_fold{i}.ckpt", **kwargs)
         paths[i] = model.save(folder / f"{kind}_fold{i}.pt")

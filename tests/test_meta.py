@@ -207,3 +207,18 @@ def test_train_folds_writes_one_model_per_fold(tmp_path, cohorts):
     assert all(folds.groupby("fold")["dataset"].nunique() == 2)  # stratified: both sets in each fold
     methods, fold_of = rn.evaluate.load_models(tmp_path)
     assert set(methods["Reptile"]) == {0, 1} and fold_of == dict(zip(folds["pair"], folds["fold"]))
+
+
+def test_reindir_warm_start_from_a_reptile_template(tmp_path, cohorts):
+    """``start=``: the templates begin as a copy of the Reptile template (never modified in place);
+    with eps = 0 they stay there while the encoder trains; a non-template start is a clear error."""
+    template = meta.train_reptile(cohorts, "smoke", outer_steps=1, progress=False)
+    before = [p.clone() for p in template.forward + template.backward]
+    model = meta.train_reindir(cohorts, "smoke", outer_steps=2, progress=False, start=template.save(tmp_path / "t.pt"), eps=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.template.forward + model.template.backward))
+    assert model.info["start"]["outer_steps"] == 1
+    moved = meta.train_reindir(cohorts, "smoke", outer_steps=1, progress=False, start=template)
+    assert not torch.equal(moved.template.forward[2], template.forward[2])
+    assert all(torch.equal(a, b) for a, b in zip(before, template.forward + template.backward))
+    with pytest.raises(ValueError, match="Reptile template"):
+        meta.train_reindir(cohorts, "smoke", outer_steps=1, progress=False, start=model)
