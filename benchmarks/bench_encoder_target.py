@@ -83,7 +83,7 @@ def main() -> None:
             sgd = torch.optim.SGD(fwd + bwd, lr=1e-4)
             for _ in range(prof.inner_steps):
                 sgd.zero_grad(set_to_none=True)
-                loss(problem, *model.heads.apply(mods, fwd, bwd)).backward()
+                loss(problem, *model.heads.modulated(mods, fwd, bwd)).backward()
                 sgd.step()
             base_f, base_b = [p.detach() for p in fwd], [p.detach() for p in bwd]
         total = loss(problem, *model.infused(model.embed(problem), base_f, base_b))

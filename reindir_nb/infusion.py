@@ -69,10 +69,11 @@ class InfusionHeads(nn.Module):
                       {l: self.delta[f"{net}{l}"](e) for l in self.layers}) for net in ("forward", "backward")}
 
     @staticmethod
-    def apply(modulations: dict, forward: Params, backward: Params) -> tuple[Params, Params]:
-        """Modulated (forward, backward) params from :meth:`modulations`."""
+    def modulated(modulations: dict, forward: Params, backward: Params) -> tuple[Params, Params]:
+        """Modulated (forward, backward) params from :meth:`modulations` (not named ``apply``:
+        that is ``nn.Module.apply``)."""
         return modulate(forward, *modulations["forward"]), modulate(backward, *modulations["backward"])
 
     def infuse(self, embedding: Tensor, forward: Params, backward: Params) -> tuple[Params, Params]:
         """Modulated (forward, backward) params for ONE embedding ``(E,)`` or ``(1, E)``."""
-        return self.apply(self.modulations(embedding), forward, backward)
+        return self.modulated(self.modulations(embedding), forward, backward)

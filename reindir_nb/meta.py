@@ -332,7 +332,7 @@ class _Trainer:
             if mods is None:
                 used = (fwd, bwd)
             else:
-                used = self.model.heads.apply(mods if (i == 0 and encoder_grad) else frozen, fwd, bwd)
+                used = self.model.heads.modulated(mods if (i == 0 and encoder_grad) else frozen, fwd, bwd)
             total = self._loss(*used, problem)["total"]
             if i == 0:
                 first = float(total.detach())
@@ -363,7 +363,7 @@ class _Trainer:
         else:
             if at_template:
                 self.optimiser.step()  # the gradient of the first inner step's (zero-shot) loss
-            used = (fwd, bwd) if mods is None else self.model.heads.apply(mods, fwd, bwd)
+            used = (fwd, bwd) if mods is None else self.model.heads.modulated(mods, fwd, bwd)
             with torch.set_grad_enabled(self.settings.regulariser == "bending"):  # for the log
                 adapted_loss = float(self._loss(*used, problem)["total"].detach())
         return fwd, bwd, {"loss_first": first, "loss_adapted": adapted_loss}

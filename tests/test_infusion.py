@@ -75,3 +75,11 @@ def test_zero_heads_still_receive_gradient():
     siren(f2, torch.rand(64, 3) * 2 - 1).pow(2).sum().backward()
     assert heads.gamma["forward1"].weight.grad.abs().sum() > 0 and heads.delta["forward2"].bias.grad.abs().sum() > 0
     assert heads.gamma["backward1"].weight.grad is None or heads.gamma["backward1"].weight.grad.abs().sum() == 0
+
+
+def test_heads_keep_nn_module_apply():
+    """``nn.Module.apply`` recurses into the heads (a method of that name on the heads would break it)."""
+    heads = InfusionHeads(65, 256)
+    seen = []
+    heads.apply(lambda m: seen.append(type(m).__name__))
+    assert "Linear" in seen and seen[-1] == "InfusionHeads"
