@@ -2,6 +2,7 @@
 styles x ccIDIR / Reptile / REINDIR x >= 5 seeds, with the trained demo models of notebook 03.
 
     .venv/bin/python benchmarks/bench_sweep_demo.py --workspace workspace [--seeds 5] [--pairs-per-style 2]
+        [--figures] [--bending-seeds 2 --bending-pairs-per-style 1]
 
 Prints the wall time of the sweep, the Figure 3 numbers per style (median over seeds of the
 pair-mean TRE at 0 and 25 iterations, per method) and whether the paper's claims hold here:
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points-per-step", type=int, default=None)
     ap.add_argument("--similar", type=float, default=0.15, help="relative difference counted as 'similar'")
     ap.add_argument("--figures", action="store_true", help="also write the figures into WORKSPACE/bench_figures")
+    ap.add_argument("--bending-seeds", type=int, default=0,
+                    help="also sweep the bending configuration with this many seeds (Figure 8 right, runtime table)")
+    ap.add_argument("--bending-pairs-per-style", type=int, default=1)
     args = ap.parse_args(argv)
 
     profile = rn.get_profile(args.profile)
@@ -91,8 +95,29 @@ def main(argv: list[str] | None = None) -> int:
     print("\npaper claims:")
     for ds, claim, ok in verdicts:
         print(f"  {ds:16s} {claim}: {'holds' if ok else 'does NOT hold'}")
+    table_bend = None
+    if args.bending_seeds > 0:
+        bend_pairs, per_style = [], {}
+        for p in pairs:  # the first N pairs of every style
+            if per_style.get(p.dataset, 0) < args.bending_pairs_per_style:
+                bend_pairs.append(p)
+                per_style[p.dataset] = per_style.get(p.dataset, 0) + 1
+        t0 = time.perf_counter()
+        table_bend = evaluate.sweep(bend_pairs, {"ccIDIR": "random", **methods}, seeds=range(args.bending_seeds),
+                                    iterations=args.iterations, regulariser="bending", folds=folds,
+                                    results_path=workspace / "results" / "bench_sweep_demo_bending.csv",
+                                    points_per_step=args.points_per_step)
+        seconds = time.perf_counter() - t0
+        print(f"\nbending sweep: {len(table_bend.attrs['computed'])} runs computed in {seconds:.0f} s, "
+              f"{len(bend_pairs)} pairs x {args.bending_seeds} seeds")
+        bend = table_bend.groupby(["method", "iteration", "seed"])["tre_mean_mm"].mean()
+        print("bending, pooled mean TRE (mm) over its pairs, then mean [min, max] over seeds")
+        print(bend.groupby(["iteration", "method"]).agg(["mean", "min", "max"]).round(2).to_string())
+        print("\nruntime (median step and encoder seconds; encoder cost in step equivalents)")
+        print(figures.runtime_table(table, table_bend).round(3).to_string(index=False))
     if args.figures:
-        done = figures.paper_figures(table, {p.name: p for p in pairs}, path, workspace / "bench_figures")
+        done = figures.paper_figures(table, {p.name: p for p in pairs}, path, workspace / "bench_figures",
+                                     table_bend=table_bend)
         print(f"\nfigures: {sorted(done)} in {workspace / 'bench_figures'}")
     return 0
 
