@@ -324,8 +324,10 @@ class _Trainer:
         mods = frozen = None
         if isinstance(self.model, ReindirModel):
             with torch.set_grad_enabled(encoder_grad):
-                mods = self.model.heads.modulations(self.model.embed(problem))
-            frozen = {net: tuple({l: t.detach() for l, t in part.items()} for part in gd) for net, gd in mods.items()}
+                embedding = self.model.embed(problem)
+                mods = self.model.heads.modulations(embedding)
+            with torch.no_grad():  # what the later steps use: the frozen encoder's modulations
+                frozen = self.model.heads.modulations(embedding) if encoder_grad else mods
         sgd = torch.optim.SGD(fwd + bwd, lr=s.inner_lr)
         first = float("nan")
         for i in range(s.inner_steps):

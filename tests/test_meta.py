@@ -207,6 +207,11 @@ def test_train_folds_writes_one_model_per_fold(tmp_path, cohorts):
     assert all(folds.groupby("fold")["dataset"].nunique() == 2)  # stratified: both sets in each fold
     methods, fold_of = rn.evaluate.load_models(tmp_path)
     assert set(methods["Reptile"]) == {0, 1} and fold_of == dict(zip(folds["pair"], folds["fold"]))
+    warm = meta.train_folds(pairs, tmp_path, kind="reindir", k=2, profile="smoke", outer_steps=1, progress=False,
+                            warm_start=True, eps=0.0)  # fold i starts from reptile_fold{i}.pt
+    for i, path in warm.items():
+        started, reptile = meta.load(path).template, meta.load(paths[i])
+        assert all(torch.equal(a, b) for a, b in zip(started.forward, reptile.forward))
 
 
 def test_reindir_warm_start_from_a_reptile_template(tmp_path, cohorts):
