@@ -2,12 +2,12 @@
 pre-alignment + INR) on the bundled real pair (``elastix-lung``), the real-anatomy/simulated-motion
 pair (``thorax-ct``) and phantom pairs of every style, all prepared for one profile.
 
-Same TRE code for every method (:func:`reindir_nb.register.target_registration_error`: world mm,
+Same TRE code for every method (:func:`reindir_nb.core.metrics.target_registration_error`: world mm,
 mean over the pair's landmarks); wall seconds measured in this process. Columns per pair:
 
 - ``initial_mm``: landmark distance before registration;
 - ``affine_mm`` / ``affine_s``: the SimpleITK affine pre-alignment alone (what ccIDIR starts from);
-- ``elastix_mm`` / ``elastix_s``: elastix default affine + B-spline maps (:func:`reindir_nb.evaluate.elastix_register`,
+- ``elastix_mm`` / ``elastix_s``: elastix default affine + B-spline maps (:func:`reindir_nb.evaluation.sweep.elastix_register`,
   8 mm final grid, 3 resolutions, 500 iterations), transformix on the fixed landmarks;
 - ``ccIDIR@N_mm`` / ``ccIDIR@N_s``: ccIDIR after N steps (cycle estimate; seconds of optimisation,
   excluding the pre-alignment and recording);
@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 
 import reindir_nb as rn
-from reindir_nb.evaluate import elastix_available, elastix_register
-from reindir_nb.geometry import apply_affine
-from reindir_nb.prealign import estimate_prealign
-from reindir_nb.register import target_registration_error
+from reindir_nb.evaluation.sweep import elastix_available, elastix_register
+from reindir_nb.core.geometry import apply_affine
+from reindir_nb.data.prealign import estimate_prealign
+from reindir_nb.core.metrics import target_registration_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

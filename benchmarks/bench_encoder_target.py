@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 import reindir_nb as rn
-from reindir_nb.device import make_generator
-from reindir_nb.inr import clone_params
-from reindir_nb.meta import ReindirModel
-from reindir_nb.objective import LossWeights, Problem, ccidir_terms
-from reindir_nb.preprocess import scale_augment
+from reindir_nb.core.device import make_generator
+from reindir_nb.inr.network import clone_params
+from reindir_nb.meta.training import ReindirModel
+from reindir_nb.inr.objective import LossWeights, Problem, ccidir_terms
+from reindir_nb.data.preprocess import scale_augment
 
 
 def main() -> None:

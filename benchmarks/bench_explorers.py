@@ -4,7 +4,7 @@ Registers one held-out demo phantom pair (ccIDIR, snapshots recorded), opens the
 explorers and times what a user does: the first switch to every PairExplorer layer (volumes
 computed on demand: warp, det J, uncertainty, ...), the slice slider on a cached layer, picking
 landmarks and scrubbing iterations (first visit and cached), via
-:func:`reindir_nb.explorers.update_latency`. Seconds per update.
+:func:`reindir_nb.viz.explorers.update_latency`. Seconds per update.
 
     .venv/bin/python benchmarks/bench_explorers.py [--profile demo] [--iterations 50] [--steps 8]
 """
@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 
 import reindir_nb as rn  # noqa: E402
-from reindir_nb.explorers import (IterationScrubber, LandmarkErrorExplorer, LinkedState,  # noqa: E402
+from reindir_nb.viz.explorers import (IterationScrubber, LandmarkErrorExplorer, LinkedState,  # noqa: E402
                                   PairExplorer, update_latency)
 
 

@@ -5,14 +5,14 @@ Same process, same batch of points, same weights; the methods are timed in inter
 per-round ratios. Steps (forward + backward + optimiser step, SIREN 3-256-256-256-3):
 
 * ``ccidir-jacobian``: one ccIDIR step = 2 INRs + symmetric Jacobian + cycle + NCC
-  (:func:`reindir_nb.objective.ccidir_terms`, the code registration runs) + Adam;
+  (:func:`reindir_nb.inr.objective.ccidir_terms`, the code registration runs) + Adam;
 * ``bending``: one INR with NCC + bending energy (the Hessian path) + Adam;
 * ``ccidir-bending`` (fast path only unless ``--ccidir-bending-baseline``; its double backward
   needs ~13 GB at 10000 points): the ccIDIR step with the bending regulariser.
 
 "Speed of light" (SOL) = the step's necessary matmul FLOPs (value + 3 tangents [+ 6 second
 tangents] through every layer, forward and backward, see
-:func:`reindir_nb.derivatives.jet_matmul_flops`) divided by the fp32 matmul peak measured in
+:func:`reindir_nb.inr.derivatives.jet_matmul_flops`) divided by the fp32 matmul peak measured in
 this run (best of many ``10000x256 @ 256x256``). ``xSOL`` = time / SOL.
 
     .venv/bin/python benchmarks/bench_step.py [--points 10000] [--rounds 5] [--bf16] [--json out.json]
@@ -38,10 +38,10 @@ import torch
 from scipy import ndimage
 
 from reindir_nb import derivatives, inr, losses
-from reindir_nb.device import make_generator
-from reindir_nb.objective import LossWeights, Problem, apply_matrix, ccidir_terms, sample_image
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.core.device import make_generator
+from reindir_nb.inr.objective import LossWeights, Problem, apply_matrix, ccidir_terms, sample_image
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 SIZES = (3, 256, 256, 256, 3)
 

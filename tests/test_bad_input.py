@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from reindir_nb import datasets, io
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 
 def write_image(path, arr, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):

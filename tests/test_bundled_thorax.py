@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from reindir_nb import bundled, landmarks
-from reindir_nb.motion import BreathingMotion, ThoraxFrame, jacobian_determinant, warp_image
+from reindir_nb.simulation.motion import BreathingMotion, ThoraxFrame, jacobian_determinant, warp_image
 
 
 @pytest.fixture(scope="module")

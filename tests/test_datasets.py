@@ -8,8 +8,8 @@ import pytest
 
 import reindir_nb as rn
 from reindir_nb import datasets, io
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 from imagefiles import FLIP_XY, write_sitk
 

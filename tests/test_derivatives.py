@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from reindir_nb import derivatives, inr, losses
-from reindir_nb.device import make_generator
-from reindir_nb.objective import Problem, ccidir_terms
+from reindir_nb.core.device import make_generator
+from reindir_nb.inr.objective import Problem, ccidir_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -192,8 +192,8 @@ def test_gradient_with_respect_to_points():
 def test_ccidir_terms_same_with_every_derivative_method():
     z, y, xg = torch.meshgrid(*(torch.arange(16.0),) * 3, indexing="ij")
     blob = lambda c: torch.exp(-((xg - c) ** 2 + (y - 8) ** 2 + (z - 8) ** 2) / 12.0).numpy()  # noqa: E731
-    from reindir_nb.pair import Pair
-    from reindir_nb.volume import Volume
+    from reindir_nb.core.pair import Pair
+    from reindir_nb.core.volume import Volume
     pair = Pair(Volume.from_array(blob(7.0), spacing=(2, 2, 2)), Volume.from_array(blob(8.5), spacing=(2, 2, 2)))
     prob = Problem.from_pair(pair, dtype=F64)
     fwd, bwd = params(0), params(1)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from reindir_nb.encoder import Encoder, LargeKernelBlock, bottleneck_plan, encoder_output_size
-from reindir_nb.profiles import PROFILES
+from reindir_nb.meta.encoder import Encoder, LargeKernelBlock, bottleneck_plan, encoder_output_size
+from reindir_nb.core.profiles import PROFILES
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

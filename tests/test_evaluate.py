@@ -11,8 +11,8 @@ import pytest
 from scipy.ndimage import gaussian_filter, shift
 
 from reindir_nb import evaluate
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 
 def small_table() -> pd.DataFrame:
@@ -90,10 +90,10 @@ def test_elastix_recovers_a_translation():
 
 
 # --------------------------------------------------------------- real sweeps (smoke)
-register_module = importlib.import_module("reindir_nb.register")
+register_module = importlib.import_module("reindir_nb.inr.registration")
 from reindir_nb import phantom  # noqa: E402
-from reindir_nb.inr import SirenConfig, init_siren  # noqa: E402
-from reindir_nb.preprocess import prepare  # noqa: E402
+from reindir_nb.inr.network import SirenConfig, init_siren  # noqa: E402
+from reindir_nb.data.preprocess import prepare  # noqa: E402
 
 REG = dict(points_per_step=500, prealign="none")
 
@@ -112,7 +112,7 @@ class SeededInit:
         self.encoder_seconds = 0.0
 
     def initial_params(self, problem):
-        from reindir_nb.device import make_generator
+        from reindir_nb.core.device import make_generator
 
         self.used_on.append(problem.fixed_shape)
         gen = make_generator(self.seed)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reindir_nb.explorers import (
+from reindir_nb.viz.explorers import (
     IterationScrubber,
     LandmarkErrorExplorer,
     LinkedState,
@@ -20,9 +20,9 @@ from reindir_nb.explorers import (
     project_points,
     rank_failures,
 )
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
-from reindir_nb.widgets import take_slice
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
+from reindir_nb.viz.widgets import take_slice
 
 SPACING = (2.0, 2.5, 3.0)  # mm (x, y, z)
 SHAPE = (10, 12, 14)  # (z, y, x)

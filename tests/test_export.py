@@ -7,7 +7,7 @@ from scipy.ndimage import map_coordinates
 
 import reindir_nb as rn
 from reindir_nb import export
-from reindir_nb.geometry import Grid
+from reindir_nb.core.geometry import Grid
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from reindir_nb import figures  # noqa: E402
-from reindir_nb.pair import Pair  # noqa: E402
-from reindir_nb.volume import Volume  # noqa: E402
+from reindir_nb.core.pair import Pair  # noqa: E402
+from reindir_nb.core.volume import Volume  # noqa: E402
 
 
 def synthetic_table(regulariser: str = "jacobian", step: float = 0.05) -> pd.DataFrame:

@@ -6,8 +6,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from reindir_nb.geometry import Grid
-from reindir_nb.volume import Volume
+from reindir_nb.core.geometry import Grid
+from reindir_nb.core.volume import Volume
 
 
 def oblique_grid():

@@ -2,9 +2,9 @@
 
 import torch
 
-from reindir_nb.infusion import InfusionHeads, modulate, repeat_to_matrix
-from reindir_nb.inr import MODULATED_LAYERS, init_siren, siren
-from reindir_nb.device import make_generator
+from reindir_nb.meta.infusion import InfusionHeads, modulate, repeat_to_matrix
+from reindir_nb.inr.network import MODULATED_LAYERS, init_siren, siren
+from reindir_nb.core.device import make_generator
 
 
 def test_repeat_tiles_row_major_by_hand():

@@ -4,10 +4,10 @@ import numpy as np
 import torch
 
 from reindir_nb import derivatives, inr, losses
-from reindir_nb.device import make_generator
-from reindir_nb.objective import LossWeights, Problem, ccidir_terms
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.core.device import make_generator
+from reindir_nb.inr.objective import LossWeights, Problem, ccidir_terms
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 
 def params(seed=0, dtype=torch.float64):

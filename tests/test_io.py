@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from reindir_nb import io
-from reindir_nb.datasets import data_root
-from reindir_nb.geometry import Grid
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.data.datasets import data_root
+from reindir_nb.core.geometry import Grid
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 from imagefiles import FLIP_XY, write_sitk
 

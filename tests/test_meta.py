@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import reindir_nb as rn
-from reindir_nb import meta
-from reindir_nb.device import make_generator
-from reindir_nb.inr import init_siren
-from reindir_nb.objective import Problem
+from reindir_nb.meta import training as meta
+from reindir_nb.core.device import make_generator
+from reindir_nb.inr.network import init_siren
+from reindir_nb.inr.objective import Problem
 
 
 @pytest.fixture(scope="module")

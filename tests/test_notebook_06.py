@@ -12,10 +12,10 @@ import pytest
 import reindir_nb as rn
 from nbrun import run_notebook
 from reindir_nb import evaluate
-from reindir_nb.device import make_generator
-from reindir_nb.explorers import rank_failures
-from reindir_nb.inr import SirenConfig, init_siren
-from reindir_nb.meta import ReindirModel, ReptileTemplate
+from reindir_nb.core.device import make_generator
+from reindir_nb.viz.explorers import rank_failures
+from reindir_nb.inr.network import SirenConfig, init_siren
+from reindir_nb.meta.training import ReindirModel, ReptileTemplate
 
 
 @pytest.fixture(scope="module")

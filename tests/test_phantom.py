@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from reindir_nb import phantom
-from reindir_nb.geometry import Grid
-from reindir_nb.motion import (
+from reindir_nb.core.geometry import Grid
+from reindir_nb.simulation.motion import (
     BreathingMotion,
     ThoraxFrame,
     breathing_displacement,
@@ -17,7 +17,7 @@ from reindir_nb.motion import (
     transport_points,
     warp_image,
 )
-from reindir_nb.volume import Volume
+from reindir_nb.core.volume import Volume
 
 FRAME = ThoraxFrame(centre_x_mm=0.0, centre_y_mm=8.0, half_width_mm=125.0, half_depth_mm=85.0,
                     apex_z_mm=115.0, diaphragm_z_mm=-110.0)

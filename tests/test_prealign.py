@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import reindir_nb as rn
-from reindir_nb.geometry import apply_affine
-from reindir_nb.prealign import estimate_prealign
-from reindir_nb.register import (PREALIGN_AUTO_MM, needs_prealign, prealign_distance_mm, resolve_prealign,
-                                 target_registration_error)
+from reindir_nb.core.geometry import apply_affine
+from reindir_nb.data.prealign import estimate_prealign
+from reindir_nb.core.metrics import target_registration_error
+from reindir_nb.data.prealign import PREALIGN_AUTO_MM, needs_prealign, prealign_distance_mm, resolve_prealign
 
 
 def _rotation_z(angle: float) -> np.ndarray:

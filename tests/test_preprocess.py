@@ -16,9 +16,9 @@ from scipy import ndimage
 
 import reindir_nb as rn
 from reindir_nb import preprocess
-from reindir_nb.geometry import Grid
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.core.geometry import Grid
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 RAMP = np.array([1.5, -0.8, 0.6])  # HU per mm along world (x, y, z)
 
@@ -142,7 +142,7 @@ def test_lungmask_package_without_weights_falls_back_with_a_warning(fake_lungmas
 
     fake_lungmask.LMInferer = NoWeights
     vol, truth = synthetic_torso()
-    with caplog.at_level(logging.WARNING, logger="reindir_nb.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="reindir_nb.data.preprocess"):
         mask = preprocess.lung_mask(vol)
     assert "could not download weights" in caplog.text
     np.testing.assert_array_equal(mask.array, preprocess.lung_mask(vol, use_lungmask=False).array)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import reindir_nb as rn
-from reindir_nb.geometry import apply_affine
-from reindir_nb.inr import SirenConfig, clone_params, init_siren
-from reindir_nb.register import Initialiser, target_registration_error
+from reindir_nb.core.geometry import apply_affine
+from reindir_nb.inr.network import SirenConfig, clone_params, init_siren
+from reindir_nb.core.metrics import target_registration_error
+from reindir_nb.inr.registration import Initialiser
 
 
 @pytest.fixture(scope="module")

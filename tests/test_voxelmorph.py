@@ -9,8 +9,8 @@ import torch
 from scipy.ndimage import gaussian_filter, shift
 
 from reindir_nb import voxelmorph as V
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
 
 pytestmark = pytest.mark.skipif(not V.available(), reason="voxelmorph package not installed")
 

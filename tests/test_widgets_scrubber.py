@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from reindir_nb.geometry import Grid
-from reindir_nb.pair import Pair
-from reindir_nb.volume import Volume
-from reindir_nb.widgets import PINK, TEAL, LinkedState, SliceScrubber, landmarks_in_slab, take_slice
+from reindir_nb.core.geometry import Grid
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
+from reindir_nb.viz.widgets import PINK, TEAL, LinkedState, SliceScrubber, landmarks_in_slab, take_slice
 
 SPACING = (1.0, 2.0, 3.0)  # (x, y, z) mm
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .inr import Params, layer, num_layers, siren
+from .network import Params, layer, num_layers, siren
 
 __all__ = [
     "displacement",

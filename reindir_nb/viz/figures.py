@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .pair import Pair
+from ..core.files import atomic_path
+from ..core.metrics import per_pair_gain
+from ..core.pair import Pair
 
 __all__ = [
     "METHOD_COLOURS",
@@ -77,14 +79,8 @@ def save_figure(fig: Figure, folder: str | os.PathLike | None, name: str, dpi: i
     paths = []
     for ext in ("png", "pdf"):
         target = folder / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{ext}", dir=folder)
-        os.close(fd)
-        try:
+        with atomic_path(target) as tmp:
             fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         paths.append(target)
     return paths
 
@@ -211,10 +207,8 @@ def registration_error_curves_plotly(
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{name}_{x}.html"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".html", dir=folder)
-        os.close(fd)
-        fig.write_html(tmp, include_plotlyjs="directory")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            fig.write_html(tmp, include_plotlyjs="directory")
     return fig
 
 
@@ -334,8 +328,9 @@ def failure_pair(
     """The pair where ``method``'s zero-shot gain over ``baseline`` (seed-median error of the
     baseline minus that of the method at ``iteration``, mm) is smallest (most negative)."""
     t = table if dataset is None else table[table["dataset"] == dataset]
-    gain = _per_pair_seed_median(t, baseline, iteration, metric) - _per_pair_seed_median(t, method, iteration, metric)
-    gain = gain.dropna()
+    for name in (baseline, method):  # a clear error when a method has no rows there
+        _per_pair_seed_median(t, name, iteration, metric)
+    gain = per_pair_gain(t, method, baseline, iteration, metric).dropna()
     if gain.empty:
         raise ValueError(f"no pair has rows for both {method!r} and {baseline!r}")
     return str(gain.idxmin())
@@ -420,7 +415,7 @@ def paper_figures(
     next to ``results_path`` and the evaluated ``pairs`` (name -> Pair): Figure 3 (+ plotly),
     4 (median REINDIR pair of the nlst-like set), 5 (failure pair, cbct-like set), 8, 9-11
     (one per dataset) and the runtime table. Returns ``{figure name: [files]}``."""
-    from .evaluate import load_points
+    from ..evaluation.sweep import load_points
 
     folder = Path(folder)
     out: dict[str, list[Path]] = {}
@@ -559,8 +554,6 @@ def runtime_table(
     if folder is not None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".csv", dir=folder)
-        os.close(fd)
-        out.to_csv(tmp, index=False)
-        os.replace(tmp, folder / f"{name}.csv")
+        with atomic_path(folder / f"{name}.csv") as tmp:
+            out.to_csv(tmp, index=False)
     return out

@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 import traitlets
 
-from .geometry import Grid
-from .pair import Pair
+from ..core.geometry import Grid
+from ..core.metrics import per_pair_gain
+from ..core.pair import Pair
 from .widgets import AXES, PINK, TEAL, checkerboard, landmarks_in_slab, resample_onto, slice_aspect, take_slice
 
 __all__ = [
@@ -943,10 +944,7 @@ def rank_failures(
     out["uncertainty_mm"] = per_pair["uncertainty_mean_mm"].median() if "uncertainty_mean_mm" in final else np.nan
     if "dataset" in t.columns:
         out.insert(0, "dataset", t.groupby("pair")["dataset"].first())
-    at = t[t["iteration"] == int(gain_iteration)]
-    tre_l = at[at["method"] == learned].groupby("pair")["tre_mean_mm"].median()
-    tre_b = at[at["method"] == baseline].groupby("pair")["tre_mean_mm"].median()
-    out["reindir_gain_mm"] = (tre_b - tre_l).reindex(out.index)
+    out["reindir_gain_mm"] = per_pair_gain(t, learned, baseline, gain_iteration).reindex(out.index)
     out["rank_tre"] = out["tre_after_mm"].rank(ascending=False, method="min")
     out["rank_gain"] = out["reindir_gain_mm"].rank(ascending=True, method="min")
     out["rank_uncertainty"] = out["uncertainty_mm"].rank(ascending=False, method="min")

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import derivatives, losses
-from .geometry import Grid, compose_affine, invert_affine
-from .inr import Params
-from .pair import Pair
+from . import derivatives
+
+from . import losses
+from ..core.geometry import Grid, compose_affine, invert_affine
+from .network import Params
+from ..core.pair import Pair
 
 __all__ = ["LossWeights", "Problem", "ccidir_terms", "sample_image", "apply_matrix"]
 

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .geometry import Grid, apply_affine
-from .pair import Pair
-from .profiles import Profile, get_profile
-from .volume import Volume
+from ..core.geometry import Grid, apply_affine
+from ..core.pair import Pair
+from ..core.profiles import Profile, get_profile
+from ..core.volume import Volume
+from .prealign import resolve_prealign
 
 __all__ = [
     "HU_RANGE",
@@ -353,30 +354,12 @@ def _crop_start(mask: Volume, points_mm: np.ndarray | None, size_xyz: np.ndarray
 
 def _resolve_prealign(prealign: Any, fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask: Volume,
                       pair: Pair) -> np.ndarray | None:
-    """4x4 fixed-world -> moving-world matrix for ``prealign`` (None: no pre-alignment)."""
-    if prealign is None or (isinstance(prealign, str) and prealign == "none"):
-        return None
-    if not isinstance(prealign, str):
-        matrix = np.asarray(prealign, dtype=np.float64)
-        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-            raise ValueError(
-                f"{pair.name}: prealign must be a finite 4x4 matrix or 'rigid'/'affine'/'auto', got {matrix.shape}"
-            )
-        return matrix
-    if prealign not in ("rigid", "affine", "auto"):
-        raise ValueError(
-            f"{pair.name}: prealign must be None, 'none', 'rigid', 'affine', 'auto' or a 4x4 matrix, got {prealign!r}"
-        )
-    from .prealign import estimate_prealign
-
+    """4x4 fixed-world -> moving-world matrix for ``prealign`` on the resampled images (None: no
+    pre-alignment); the policy itself is :func:`reindir_nb.data.prealign.resolve_prealign`."""
     iso = Pair(fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, name=pair.name, dataset=pair.dataset,
                fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks)
-    kind = prealign
-    if prealign == "auto":
-        from .register import needs_prealign
-
-        kind = "affine" if needs_prealign(iso) else "none"
-    return estimate_prealign(iso, kind)
+    kind, matrix = resolve_prealign(iso, prealign)
+    return None if kind == "none" else matrix
 
 
 def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None) -> Pair:

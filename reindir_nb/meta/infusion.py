@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .inr import MODULATED_LAYERS, Params
+from ..inr.network import MODULATED_LAYERS, Params
 
 __all__ = ["repeat_to_matrix", "modulate", "InfusionHeads"]
 

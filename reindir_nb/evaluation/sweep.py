@@ -32,7 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .pair import Pair
+from ..core.files import atomic_path
+from ..core.metrics import deformation_statistics, target_registration_error
+from ..core.pair import Pair
+from ..data.prealign import resolve_prealign
 
 __all__ = [
     "CONVERGED",
@@ -65,25 +68,9 @@ _KEY = ["pair", "method", "seed", "regulariser"]
 
 # --------------------------------------------------------------------- metrics
 def _tre_stats(predicted: np.ndarray, moving_landmarks: np.ndarray, prefix: str) -> dict[str, float]:
-    """TRE columns through the kit's one TRE helper (:func:`register.target_registration_error`)."""
-    from .register import target_registration_error
-
+    """TRE columns through the kit's one TRE helper (:func:`reindir_nb.core.metrics.target_registration_error`)."""
     stats = target_registration_error(predicted, moving_landmarks)
     return {f"{prefix}_{k}_mm": float(stats[k]) for k in ("mean", "median", "p95", "std")}
-
-
-def deformation_statistics(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """``pct_folded`` (% of voxels with det J <= 0) and ``std_log_jac`` (std of log det J, det
-    clipped at 1e-9 — the definition of ``RegistrationRun.std_log_jacobian``), inside ``mask``
-    when given. One det J evaluation serves both numbers."""
-    d = np.asarray(det, dtype=np.float64)
-    if mask is not None:
-        d = d[np.asarray(mask) > 0]
-    d = d.ravel()
-    if d.size == 0:
-        raise ValueError("deformation_statistics: no voxels (empty mask?)")
-    return {"pct_folded": float(100.0 * np.mean(d <= 0)),
-            "std_log_jac": float(np.log(np.clip(d, 1e-9, None)).std())}
 
 
 # ------------------------------------------------------------------ table I/O
@@ -105,15 +92,8 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _write_atomic_csv(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _points_dir(results_path: Path) -> Path:
@@ -126,17 +106,10 @@ def _points_file(results_path: Path, pair: str, method: str, seed: int, regulari
 
 
 def _save_points(path: Path, predicted: Mapping[int, np.ndarray], forward: Mapping[int, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     its = sorted(predicted)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, iterations=np.array(its), points=np.stack([predicted[i] for i in its]),
                  points_forward=np.stack([forward[i] for i in its]))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_points(
@@ -202,7 +175,7 @@ def _inr_run_rows(
     pair: Pair, init: Any, name: str, fold: Any, seed: int, iterations: Sequence[int], regulariser: str,
     register_kwargs: Mapping[str, Any],
 ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray], dict[int, np.ndarray]]:
-    from .register import register
+    from ..inr.registration import register
 
     positive = [i for i in iterations if i > 0]
     record_every = reduce(math.gcd, positive, 0) or 1
@@ -269,13 +242,8 @@ def _voxelmorph_prealign(pair: Pair, prealign: Any, given: Mapping[str, np.ndarr
     if supplied, else the same choice ``register`` makes for ``prealign`` ("auto"/"affine"/...)."""
     if given is not None and pair.name in given:
         return np.asarray(given[pair.name], dtype=np.float64)
-    if not isinstance(prealign, str):
-        return np.asarray(prealign, dtype=np.float64)
-    from .prealign import estimate_prealign
-    from .register import needs_prealign
-
-    kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
-    return None if kind == "none" else estimate_prealign(pair, kind)
+    kind, matrix = resolve_prealign(pair, prealign)
+    return None if kind == "none" else matrix
 
 
 # ---------------------------------------------------------------------- sweep
@@ -443,7 +411,7 @@ def load_models(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, in
     dicts ``{fold: model}`` and the fold mapping is returned; otherwise ``reptile.pt`` and
     ``reindir.pt`` are single models and the mapping is None. Returns
     ``({"Reptile": ..., "REINDIR": ...}, folds)`` with only the methods found."""
-    from . import meta
+    from ..meta import training as meta
 
     folder = Path(folder)
     methods: dict[str, Any] = {}
@@ -579,7 +547,7 @@ def propagate_keypoints(
     ``max_uncertainty_mm``."""
     from tqdm.auto import tqdm
 
-    from .register import register
+    from ..inr.registration import register
 
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:

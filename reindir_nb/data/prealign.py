@@ -3,8 +3,8 @@
 Returns a 4x4 matrix mapping FIXED world mm to MOVING world mm (the same direction as the
 deformable registration), which :class:`reindir_nb.objective.Problem` composes with the INRs.
 ``register(prealign="auto")`` picks "affine" when the two lung-mask centroids are more than
-:data:`reindir_nb.register.PREALIGN_AUTO_MM` (15 mm) apart, else none (see
-:func:`reindir_nb.register.resolve_prealign`). Measured on the bundled real pair (35.3 mm apart,
+:data:`PREALIGN_AUTO_MM` (15 mm) apart, else none (see
+:func:`resolve_prealign`, the one pre-alignment policy used by ``prepare``, ``register`` and sweeps). Measured on the bundled real pair (35.3 mm apart,
 51 landmarks), affine NCC alone: 7.3 mm mean TRE at 8 mm voxels, 6.2 mm at 4 mm.
 """
 
@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pair import Pair
-from .volume import Volume
+from ..core.pair import Pair
+from ..core.volume import Volume
 
-__all__ = ["estimate_prealign", "transform_to_matrix"]
+__all__ = ["estimate_prealign", "transform_to_matrix", "resolve_prealign", "needs_prealign",
+           "prealign_distance_mm", "PREALIGN_AUTO_MM"]
+
+# "auto" pre-alignment threshold (mm) on the distance between the two lung-mask centroids.
+# Breathing alone moves the lung centroid by up to ~10 mm (phantoms of every style, the
+# thorax-ct pair: 7-10.5 mm); a positioning difference between scans (the real elastix-lung pair:
+# 35 mm) is larger. Below the threshold the INR models the whole motion.
+PREALIGN_AUTO_MM = 15.0
 
 
 def transform_to_matrix(transform) -> np.ndarray:
@@ -108,3 +115,49 @@ def estimate_prealign(
     reg.SetInitialTransform(init, inPlace=True)
     reg.Execute(fixed, moving)
     return transform_to_matrix(init)
+
+
+# ------------------------------------------------------------------ the one policy
+def _foreground_centroid(pair: Pair, side: str) -> np.ndarray:
+    """World mm centroid of the lung mask of ``side`` (without a mask: of the voxels brighter
+    than the image's median, a crude body foreground)."""
+    vol = pair.fixed if side == "fixed" else pair.moving
+    mask = pair.fixed_mask if side == "fixed" else pair.moving_mask
+    inside = np.asarray(mask.array) > 0 if mask is not None else np.asarray(vol.array) > np.median(vol.array)
+    if not inside.any():
+        inside = np.ones(vol.grid.shape, dtype=bool)
+    return vol.grid.index_to_world(np.argwhere(inside).mean(0)[::-1].reshape(1, 3))[0]
+
+
+def prealign_distance_mm(pair: Pair) -> float:
+    """Distance (mm) between the fixed and moving lung-mask centroids (image-derived; landmarks
+    are evaluation data and are not used)."""
+    return float(np.linalg.norm(_foreground_centroid(pair, "moving") - _foreground_centroid(pair, "fixed")))
+
+
+def needs_prealign(pair: Pair) -> bool:
+    """The ``prealign="auto"`` decision: True when :func:`prealign_distance_mm` exceeds
+    :data:`PREALIGN_AUTO_MM` (a positioning difference between the scans, not breathing)."""
+    return prealign_distance_mm(pair) > PREALIGN_AUTO_MM
+
+
+def resolve_prealign(pair: Pair, prealign: "str | np.ndarray | None" = "auto") -> tuple[str, np.ndarray]:
+    """``(kind, 4x4 matrix fixed world mm -> moving world mm)`` for ``register(prealign=...)``.
+
+    "auto": the matrix :func:`reindir_nb.prepare` stored in ``pair.meta["prealign_matrix"]`` when
+    there is one, else "affine" if :func:`needs_prealign`, else "none" (identity). "affine",
+    "rigid": estimated with :func:`reindir_nb.prealign.estimate_prealign`. A 4x4 array is used as is.
+    """
+    if prealign is None:
+        prealign = "none"
+    if not isinstance(prealign, str):
+        matrix = np.asarray(prealign, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
+            raise ValueError(f"{pair.name}: prealign matrix must be a finite invertible 4x4 (fixed mm -> moving mm)")
+        return "matrix", matrix
+    if prealign not in ("auto", "affine", "rigid", "none"):
+        raise ValueError(f"{pair.name}: prealign must be 'auto', 'affine', 'rigid', 'none' or a 4x4 matrix, got {prealign!r}")
+    if prealign == "auto" and pair.meta.get("prealign_matrix") is not None:
+        return "prepared", np.asarray(pair.meta["prealign_matrix"], dtype=np.float64)
+    kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
+    return kind, estimate_prealign(pair, kind)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import Grid
-from .pair import Pair
-from .volume import Volume
+from ..core.geometry import Grid
+from ..core.pair import Pair
+from ..core.volume import Volume
 
 __all__ = [
     "AXES",

@@ -38,11 +38,11 @@ from typing import Callable
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .geometry import Grid
+from ..core.geometry import Grid
 from .motion import BreathingMotion, ThoraxFrame
-from .pair import Pair
-from .profiles import get_profile
-from .volume import Volume
+from ..core.pair import Pair
+from ..core.profiles import get_profile
+from ..core.volume import Volume
 
 __all__ = [
     "STYLES", "StyleSpec", "STYLE_SPECS", "ThoraxAnatomy", "ConeBeamFOV", "phantom_grid", "make_pair",

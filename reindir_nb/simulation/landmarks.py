@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .volume import Volume
+from ..core.volume import Volume
 
 __all__ = ["detect_landmarks", "structure_tensor_score", "lung_mask_for_landmarks"]
 
@@ -62,7 +62,7 @@ def structure_tensor_score(
 
 def lung_mask_for_landmarks(volume: Volume, threshold_hu: float = -400.0) -> Volume:
     """Lung mask of a CT in HU, from the kit's one lung-mask function (:func:`reindir_nb.preprocess.lung_mask`)."""
-    from .preprocess import lung_mask
+    from ..data.preprocess import lung_mask
 
     return lung_mask(volume, threshold_hu)
 

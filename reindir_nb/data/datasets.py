@@ -22,7 +22,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,8 +35,8 @@ from .io import (
     read_learn2reg_keypoints,
     read_points,
 )
-from .pair import Pair
-from .volume import Volume
+from ..core.pair import Pair
+from ..core.volume import Volume
 
 __all__ = [
     "Pair",
@@ -99,7 +99,7 @@ def _case_number(case_id: int | str, what: str) -> int:
 def data_root() -> Path:
     """The kit's bundled data folder: ``$REINDIR_NB_DATA`` if set, else ``data/`` next to the package."""
     env = os.environ.get("REINDIR_NB_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
 
 
 def bundled_folder(name: str) -> Path:
@@ -426,71 +426,101 @@ def _split_spec(spec: str) -> tuple[str, str, str | None]:
     return scheme, m.group(1), m.group(2)
 
 
+# ------------------------------------------------------------------------------- registry
+PairLoader = Callable[..., Pair]
+# scheme -> (pair loader(body, number, **kwargs), cohort loader(body, **kwargs) or None).
+# The real sets are registered below; :mod:`reindir_nb.simulation` registers "phantom" and the
+# bundled pairs it simulates (``import reindir_nb`` imports it, so every scheme is available).
+_SCHEMES: dict[str, tuple[Callable[..., Pair], Callable[..., list[Pair]] | None]] = {}
+_BUNDLED: dict[str, PairLoader] = {}
+
+
+def register_source(scheme: str, load_one: Callable[..., Pair],
+                    load_all: Callable[..., list[Pair]] | None = None) -> None:
+    """Make ``scheme:`` specs loadable: ``load_one(body, number, **kwargs)`` returns one pair
+    (``number`` is None when the spec has none), ``load_all(body, **kwargs)`` a cohort."""
+    _SCHEMES[scheme] = (load_one, load_all)
+
+
+def register_bundled(name: str, loader: PairLoader) -> None:
+    """Make ``bundled:<name>`` loadable (``loader(**kwargs)`` returns the pair)."""
+    _BUNDLED[name] = loader
+
+
 def load_pair(spec: str, **kwargs: Any) -> Pair:
     """One pair from a spec string (see the module docstring); ``kwargs`` go to the loader
     (e.g. ``seed=`` for ``bundled:thorax-ct`` and phantoms, ``cbct=2`` for ``cbct:``)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"load_pair: spec must be a string such as 'bundled:elastix-lung', got {type(spec).__name__}")
     scheme, body, number = _split_spec(spec)
-    if scheme == "bundled":
-        if body == "elastix-lung":
-            return load_elastix_lung_pair(**kwargs)
-        if body == "thorax-ct":
-            from .bundled import thorax_ct_pair
-
-            return thorax_ct_pair(**kwargs)
-        raise ValueError(f"{spec}: unknown bundled pair (bundled:elastix-lung or bundled:thorax-ct)")
-    if scheme == "phantom":
-        from .phantom import make_pair
-
-        if number is not None:
-            if "seed" in kwargs:
-                raise ValueError(f"{spec}: seed given twice (in the spec and as seed={kwargs['seed']})")
-            kwargs["seed"] = int(number)
-        return make_pair(style=body, **kwargs)
-    if scheme in _REAL_SCHEMES and number is None:
-        raise ValueError(f"{spec}: give the case after the folder, e.g. {scheme}:/data/folder:1 (or use load_cohort)")
-    if scheme == "dirlab":
-        return load_dirlab_case(body, int(number), **kwargs)
-    if scheme == "nlst":
-        return load_nlst_pair(body, int(number), **kwargs)
-    if scheme == "cbct":
-        return load_cbct_pair(body, int(number), **kwargs)
-    raise ValueError(f"{spec}: unknown data set scheme {scheme!r} (bundled, phantom, dirlab, nlst, cbct)")
+    if scheme not in _SCHEMES:
+        raise ValueError(f"{spec}: unknown data set scheme {scheme!r} ({', '.join(sorted(_SCHEMES))})")
+    return _SCHEMES[scheme][0](body, number, **kwargs)
 
 
 def load_cohort(spec: str, progress: bool = True, **kwargs: Any) -> list[Pair]:
     """All pairs of a set: ``dirlab:<folder>`` (every case found), ``nlst:<folder>`` (the
     dataset json's pairs, else every ``imagesTr/NLST_*_0000``), ``cbct:<folder>`` (both CBCTs of
     every id, or only ``cbct=1|2``), ``phantom:<style>`` (``n=``, ``seed=``, ``profile=``)."""
-    from tqdm.auto import tqdm
-
     scheme, body, number = _split_spec(spec)
-    if scheme == "phantom":
-        from .phantom import make_cohort
-
-        return make_cohort(body, progress=progress, **kwargs)
-    if scheme not in _REAL_SCHEMES:
-        raise ValueError(f"{spec}: unknown cohort scheme {scheme!r} (phantom, dirlab, nlst, cbct)")
+    load_all = _SCHEMES.get(scheme, (None, None))[1]
+    if load_all is None:
+        cohorts = sorted(k for k, v in _SCHEMES.items() if v[1] is not None)
+        raise ValueError(f"{spec}: unknown cohort scheme {scheme!r} ({', '.join(cohorts)})")
     if number is not None:
         raise ValueError(f"{spec}: a cohort spec names a folder only; use load_pair for one case")
-    root = Path(body)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: data set folder not found")
-    if scheme == "dirlab":
-        jobs = [(load_dirlab_case, (root, c), {}) for c in _dirlab_cases(root)]
-    elif scheme == "nlst":
-        listed = [n for n, _ in _json_pairs(dataset_json(root))]
-        listed = listed or [p.name for p in (root / "imagesTr").glob("NLST_*_0000.nii.gz")]
-        ids = sorted({int(m.group(1)) for n in listed if (m := re.match(r"NLST_(\d+)_", n))})
-        jobs = [(load_nlst_pair, (root, i), {}) for i in ids]
-    else:
-        wanted = kwargs.pop("cbct", None)
-        ids = sorted({int(m.group(1)) for p in (root / "imagesTr").glob("ThoraxCBCT_*_0000.nii.gz")
-                      if (m := re.match(r"ThoraxCBCT_(\d+)_0000", p.name))})
-        jobs = [(load_cbct_pair, (root, i, c), kwargs) for i in ids for c in (1, 2)
-                if wanted in (None, c) and (root / "imagesTr" / f"ThoraxCBCT_{i:04d}_000{c}.nii.gz").is_file()]
-    if not jobs:
-        raise ValueError(f"{root}: no {scheme} pairs found (expected layouts: data/README.md)")
-    return [fn(*args, **kw) for fn, args, kw in tqdm(jobs, desc=scheme, disable=not progress)]
+    return load_all(body, progress=progress, **kwargs)
+
+
+def _load_bundled(body: str, number: str | None, **kwargs: Any) -> Pair:
+    if body not in _BUNDLED:
+        raise ValueError(f"bundled:{body}: unknown bundled pair ({', '.join('bundled:' + k for k in sorted(_BUNDLED))})")
+    return _BUNDLED[body](**kwargs)
+
+
+def _load_real_pair(scheme: str) -> Callable[..., Pair]:
+    loaders = {"dirlab": load_dirlab_case, "nlst": load_nlst_pair, "cbct": load_cbct_pair}
+
+    def load_one(body: str, number: str | None, **kwargs: Any) -> Pair:
+        if number is None:
+            raise ValueError(f"{scheme}:{body}: give the case after the folder, e.g. {scheme}:/data/folder:1 "
+                             "(or use load_cohort)")
+        return loaders[scheme](body, int(number), **kwargs)
+
+    return load_one
+
+
+def _load_real_cohort(scheme: str) -> Callable[..., list[Pair]]:
+    def load_all(body: str, progress: bool = True, **kwargs: Any) -> list[Pair]:
+        from tqdm.auto import tqdm
+
+        root = Path(body)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: data set folder not found")
+        if scheme == "dirlab":
+            jobs = [(load_dirlab_case, (root, c), {}) for c in _dirlab_cases(root)]
+        elif scheme == "nlst":
+            listed = [n for n, _ in _json_pairs(dataset_json(root))]
+            listed = listed or [p.name for p in (root / "imagesTr").glob("NLST_*_0000.nii.gz")]
+            ids = sorted({int(m.group(1)) for n in listed if (m := re.match(r"NLST_(\d+)_", n))})
+            jobs = [(load_nlst_pair, (root, i), {}) for i in ids]
+        else:
+            wanted = kwargs.pop("cbct", None)
+            ids = sorted({int(m.group(1)) for p in (root / "imagesTr").glob("ThoraxCBCT_*_0000.nii.gz")
+                          if (m := re.match(r"ThoraxCBCT_(\d+)_0000", p.name))})
+            jobs = [(load_cbct_pair, (root, i, c), kwargs) for i in ids for c in (1, 2)
+                    if wanted in (None, c) and (root / "imagesTr" / f"ThoraxCBCT_{i:04d}_000{c}.nii.gz").is_file()]
+        if not jobs:
+            raise ValueError(f"{root}: no {scheme} pairs found (expected layouts: data/README.md)")
+        return [fn(*args, **kw) for fn, args, kw in tqdm(jobs, desc=scheme, disable=not progress)]
+
+    return load_all
+
+
+register_source("bundled", _load_bundled)
+register_bundled("elastix-lung", lambda **kwargs: load_elastix_lung_pair(**kwargs))
+for _scheme in _REAL_SCHEMES:
+    register_source(_scheme, _load_real_pair(_scheme), _load_real_cohort(_scheme))
 
 
 # ------------------------------------------------------------------------------- splits

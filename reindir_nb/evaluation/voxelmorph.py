@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .device import get_device, make_generator
-from .geometry import apply_affine
-from .pair import Pair
-from .volume import Volume
+from ..core.files import atomic_path
+from ..core.device import get_device, make_generator
+from ..core.geometry import apply_affine
+from ..core.pair import Pair
+from ..core.volume import Volume
 
 __all__ = [
     "VoxelMorphConfig",
@@ -255,20 +256,10 @@ class VoxelMorph:
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write the weights and config atomically to ``path`` (a ``.pt`` file)."""
-        import os
-        import tempfile
-
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save({"kind": "voxelmorph", "config": asdict(self.config), "state": self.net.state_dict(),
                         "training_log": self.training_log}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod

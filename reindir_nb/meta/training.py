@@ -35,13 +35,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .device import get_device, make_generator
+from ..core.files import atomic_path
+from ..core.device import get_device, make_generator
 from .encoder import Encoder
 from .infusion import InfusionHeads
-from .inr import Params, SirenConfig, clone_params, init_siren
-from .objective import LossWeights, Problem, ccidir_terms
-from .pair import Pair
-from .profiles import Profile, get_profile
+from ..inr.network import Params, SirenConfig, clone_params, init_siren
+from ..inr.objective import LossWeights, Problem, ccidir_terms
+from ..core.pair import Pair
+from ..core.profiles import Profile, get_profile
 
 __all__ = [
     "ReptileTemplate",
@@ -59,15 +60,8 @@ __all__ = [
 def save_atomic(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -298,7 +292,7 @@ class _Trainer:
     # ------------------------------------------------------------ one task
     def _problem(self, pair: Pair) -> Problem:
         """The task's tensors, scale-augmented (one factor per task drawn from ``scale_range``)."""
-        from .preprocess import scale_augment
+        from ..data.preprocess import scale_augment
 
         s = self.settings
         if s.scale_augment:
@@ -430,12 +424,10 @@ def _write_log(rows: list[dict], path: Path) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _train(kind: str, cohorts, profile, seed: int, device, checkpoint: str | Path | None, checkpoint_every: int,
@@ -511,7 +503,7 @@ def train_folds(pairs: Sequence[Pair], folder: str | Path, kind: str = "reindir"
     set, :func:`reindir_nb.datasets.kfold_splits`), saved as ``folder/{kind}_fold{i}.pt``; also
     writes ``folder/folds.csv`` (pair name -> fold that holds it out). ``warm_start`` (REINDIR):
     start fold i from ``folder/reptile_fold{i}.pt`` (train the Reptile folds first)."""
-    from .datasets import kfold_splits
+    from ..data.datasets import kfold_splits
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -26,24 +26,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import derivatives
-from .device import get_device, make_generator
-from .geometry import Grid
-from .inr import Params, SirenConfig, clone_params, init_siren, siren
+from ..core.device import get_device, make_generator
+from ..core.geometry import Grid
+from ..core.metrics import deformation_statistics, target_registration_error
+from .network import Params, SirenConfig, clone_params, init_siren, siren
 from .objective import LossWeights, Problem, apply_matrix, ccidir_terms
-from .pair import Pair
-from .profiles import get_profile
-from .volume import Volume
+from ..core.pair import Pair
+from ..core.profiles import get_profile
+from ..core.volume import Volume
+from ..data.prealign import resolve_prealign
 
 __all__ = [
-    "Initialiser", "RegistrationRun", "register", "target_registration_error", "needs_prealign",
-    "prealign_distance_mm", "resolve_prealign", "PREALIGN_AUTO_MM",
+    "Initialiser", "RegistrationRun", "register",
 ]
 
-# "auto" pre-alignment threshold (mm) on the distance between the two lung-mask centroids.
-# Breathing alone moves the lung centroid by up to ~10 mm (phantoms of every style, the
-# thorax-ct pair: 7-10.5 mm); a positioning difference between scans (the real elastix-lung pair:
-# 35 mm) is larger. Below the threshold the INR models the whole motion.
-PREALIGN_AUTO_MM = 15.0
 FIELD_CHUNK = 32768
 
 
@@ -65,60 +61,6 @@ class Initialiser(Protocol):
     siren_config: SirenConfig
 
     def initial_params(self, problem: Problem) -> tuple[Params, Params]: ...
-
-
-def target_registration_error(predicted_mm: np.ndarray, target_mm: np.ndarray) -> dict[str, float]:
-    """TRE statistics in mm: per landmark ``|| predicted - target ||`` -> mean, median, std, p95, max."""
-    d = np.linalg.norm(np.asarray(predicted_mm, float) - np.asarray(target_mm, float), axis=1)
-    return {
-        "mean": float(d.mean()), "median": float(np.median(d)), "std": float(d.std()),
-        "p95": float(np.percentile(d, 95)), "max": float(d.max()),
-    }
-
-
-def _foreground_centroid(pair: Pair, side: str) -> np.ndarray:
-    """World mm centroid of the lung mask of ``side`` (without a mask: of the voxels brighter
-    than the image's median, a crude body foreground)."""
-    vol = pair.fixed if side == "fixed" else pair.moving
-    mask = pair.fixed_mask if side == "fixed" else pair.moving_mask
-    inside = np.asarray(mask.array) > 0 if mask is not None else np.asarray(vol.array) > np.median(vol.array)
-    if not inside.any():
-        inside = np.ones(vol.grid.shape, dtype=bool)
-    return vol.grid.index_to_world(np.argwhere(inside).mean(0)[::-1].reshape(1, 3))[0]
-
-
-def prealign_distance_mm(pair: Pair) -> float:
-    """Distance (mm) between the fixed and moving lung-mask centroids (image-derived; landmarks
-    are evaluation data and are not used)."""
-    return float(np.linalg.norm(_foreground_centroid(pair, "moving") - _foreground_centroid(pair, "fixed")))
-
-
-def needs_prealign(pair: Pair) -> bool:
-    """The ``prealign="auto"`` decision: True when :func:`prealign_distance_mm` exceeds
-    :data:`PREALIGN_AUTO_MM` (a positioning difference between the scans, not breathing)."""
-    return prealign_distance_mm(pair) > PREALIGN_AUTO_MM
-
-
-def resolve_prealign(pair: Pair, prealign: "str | np.ndarray" = "auto") -> tuple[str, np.ndarray]:
-    """``(kind, 4x4 matrix fixed world mm -> moving world mm)`` for ``register(prealign=...)``.
-
-    "auto": the matrix :func:`reindir_nb.prepare` stored in ``pair.meta["prealign_matrix"]`` when
-    there is one, else "affine" if :func:`needs_prealign`, else "none" (identity). "affine",
-    "rigid": estimated with :func:`reindir_nb.prealign.estimate_prealign`. A 4x4 array is used as is.
-    """
-    if not isinstance(prealign, str):
-        matrix = np.asarray(prealign, dtype=np.float64)
-        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
-            raise ValueError(f"{pair.name}: prealign matrix must be a finite invertible 4x4 (fixed mm -> moving mm)")
-        return "matrix", matrix
-    if prealign not in ("auto", "affine", "rigid", "none"):
-        raise ValueError(f"{pair.name}: prealign must be 'auto', 'affine', 'rigid', 'none' or a 4x4 matrix, got {prealign!r}")
-    if prealign == "auto" and pair.meta.get("prealign_matrix") is not None:
-        return "prepared", np.asarray(pair.meta["prealign_matrix"], dtype=np.float64)
-    from .prealign import estimate_prealign
-
-    kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
-    return kind, estimate_prealign(pair, kind)
 
 
 @dataclass
@@ -263,12 +205,11 @@ class RegistrationRun:
 
     def folding_fraction(self, iteration: int | None = None) -> float:
         """Fraction of fixed-mask voxels (all voxels without a mask) with det J <= 0."""
-        return float((self._in_mask(self.jacobian_determinant(iteration).array) <= 0).mean())
+        return deformation_statistics(self._in_mask(self.jacobian_determinant(iteration).array))["pct_folded"] / 100.0
 
     def std_log_jacobian(self, iteration: int | None = None) -> float:
         """std of log(det J) over the fixed mask (det clipped at 1e-9, as the standard metric)."""
-        det = self._in_mask(self.jacobian_determinant(iteration).array)
-        return float(np.log(np.clip(det, 1e-9, None)).std())
+        return deformation_statistics(self._in_mask(self.jacobian_determinant(iteration).array))["std_log_jac"]
 
 
 # ------------------------------------------------------------------------------- register

@@ -29,8 +29,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from .geometry import Grid
-from .volume import Volume
+from ..core.geometry import Grid
+from ..core.volume import Volume
 
 __all__ = [
     "ThoraxFrame",

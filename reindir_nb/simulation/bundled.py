@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .geometry import Grid
+from ..core.files import atomic_path
+from ..core.geometry import Grid
 from .landmarks import detect_landmarks, lung_mask_for_landmarks
 from .motion import BreathingMotion, ThoraxFrame, warp_image
-from .pair import Pair
-from .volume import Volume
+from ..core.pair import Pair
+from ..core.volume import Volume
+from ..data.datasets import data_root
 
 __all__ = [
     "LABEL",
@@ -51,9 +53,7 @@ CITATION = (
 def thorax_ct_path() -> Path:
     """Path of the bundled 2 mm CT: ``$REINDIR_NB_DATA/thorax_ct/`` if set, else the repository's
     ``data/thorax_ct/``."""
-    root = os.environ.get("REINDIR_NB_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[1] / "data"
-    return base / "thorax_ct" / THORAX_CT_FILE
+    return data_root() / "thorax_ct" / THORAX_CT_FILE
 
 
 def load_thorax_ct(path: str | Path | None = None) -> Volume:
@@ -221,14 +221,9 @@ def plot_landmarks_on_anatomy(pair: Pair, path: str | Path, slab_mm: float = 4.0
         f"{pair.name} — {label}\n{len(d)} landmarks, initial distance mean {d.mean():.1f} mm, max {d.max():.1f} mm"
     )
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -31,9 +31,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .geometry import Grid
-from .pair import Pair
-from .volume import Volume
+from ..core.files import atomic_folder, atomic_path
+from ..core.geometry import Grid
+from ..core.pair import Pair
+from ..core.volume import Volume
 
 __all__ = [
     "DIRLAB_CASES",
@@ -74,47 +75,6 @@ DIRLAB_HU_OFFSET = 1024.0  # stored value = HU + 1024
 
 # landmarks may sit up to one voxel outside the voxel-centre box (as Pair.validate allows)
 _LANDMARK_MARGIN_VOXELS = 1.0
-
-
-# ----------------------------------------------------------------------------- atomic files
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-@contextmanager
-def atomic_folder(folder: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder next to ``folder``. If the block succeeds it takes the place
-    of ``folder`` (an existing folder is moved aside, then deleted); if it fails, ``folder`` is
-    left as it was and the temporary folder is removed."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder}: exists and is not a folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        yield tmp
-        trash = None
-        if folder.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-            os.replace(folder, trash / folder.name)
-        os.replace(tmp, folder)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _require_file(path: Path) -> None:
