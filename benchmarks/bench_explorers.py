@@ -4,7 +4,7 @@ Registers one held-out demo phantom pair (ccIDIR, snapshots recorded), opens the
 explorers and times what a user does: the first switch to every PairExplorer layer (volumes
 computed on demand: warp, det J, uncertainty, ...), the slice slider on a cached layer, picking
 landmarks and scrubbing iterations (first visit and cached), via
-:func:`reindir_nb.viz.explorers.update_latency`. Seconds per update.
+:func:`reindir_nb.viz.latency.update_latency`. Seconds per update.
 
     .venv/bin/python benchmarks/bench_explorers.py [--profile demo] [--iterations 50] [--steps 8]
 """
@@ -15,15 +15,11 @@ import argparse
 import statistics
 import time
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import pandas as pd  # noqa: E402
-
-import reindir_nb as rn  # noqa: E402
-from reindir_nb.viz.explorers import (IterationScrubber, LandmarkErrorExplorer, LinkedState,  # noqa: E402
-                                  PairExplorer, update_latency)
+import reindir_nb as rn
+from reindir_nb.viz.explorers import IterationScrubber, LandmarkErrorExplorer, LinkedState, PairExplorer
+from reindir_nb.viz.latency import update_latency
 
 
 def main() -> None:
@@ -33,6 +29,9 @@ def main() -> None:
     ap.add_argument("--record-every", type=int, default=10)
     ap.add_argument("--steps", type=int, default=8, help="updates timed per action")
     args = ap.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")  # only when run as a script: importing this module leaves the backend alone
     prof = rn.get_profile(args.profile)
     pair = rn.prepare(rn.phantom.make_pair(10_000, "dirlab", prof.name), prof)
     t0 = time.perf_counter()

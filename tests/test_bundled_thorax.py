@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from reindir_nb import bundled, landmarks
+from reindir_nb import bundled, figures, landmarks
 from reindir_nb.simulation.motion import BreathingMotion, ThoraxFrame, jacobian_determinant, warp_image
 
 
@@ -112,7 +112,7 @@ def test_seeded(pair):
 
 
 def test_plot_writes_png(pair, tmp_path):
-    out = bundled.plot_landmarks_on_anatomy(pair, tmp_path / "fig" / "landmarks.png")
+    out = figures.plot_landmarks_on_anatomy(pair, tmp_path / "fig" / "landmarks.png")
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     assert list(out.parent.iterdir()) == [out]  # written atomically, no temp file left
 

@@ -10,19 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reindir_nb.core.pair import Pair
+from reindir_nb.core.volume import Volume
+from reindir_nb.evaluation.failures import rank_failures
 from reindir_nb.viz.explorers import (
     IterationScrubber,
     LandmarkErrorExplorer,
     LinkedState,
     PairExplorer,
-    RunVolumes,
     landmark_slice,
     project_points,
-    rank_failures,
 )
-from reindir_nb.core.pair import Pair
-from reindir_nb.core.volume import Volume
-from reindir_nb.viz.widgets import take_slice
+from reindir_nb.viz.slicing import take_slice
+from reindir_nb.viz.latency import update_latency
 
 SPACING = (2.0, 2.5, 3.0)  # mm (x, y, z)
 SHAPE = (10, 12, 14)  # (z, y, x)
@@ -361,3 +361,20 @@ def test_rank_failures_hand_computed():
         rank_failures(table.drop(columns="tre_mean_mm"))
     with pytest.raises(ValueError, match="not in the table"):
         rank_failures(table, method="VoxelMorph")
+
+
+# -------------------------------------------------------------------------- latency
+def test_update_latency_drives_every_explorer_and_restores_the_state(toy):
+    pair, run = toy
+    state = LinkedState()
+    views = [PairExplorer(pair, run, state=state), LandmarkErrorExplorer(pair, run, state=state),
+             IterationScrubber(pair, run, state=state)]
+    saved = (state.axis, state.index, state.landmark, state.iteration)
+    table = update_latency(views, steps=2)
+    assert list(table["explorer"]) == ["PairExplorer", "LandmarkErrorExplorer", "IterationScrubber", "IterationScrubber"]
+    assert list(table["action"])[1:] == ["pick landmark", "iteration (first visit)", "iteration (cached)"]
+    assert (table["updates"] == 2).all() and (table["own_median_s"] > 0).all()
+    assert (table["own_max_s"] >= table["own_median_s"]).all() and np.isfinite(table["wall_median_s"]).all()
+    assert (state.axis, state.index, state.landmark, state.iteration) == saved
+    with pytest.raises(ValueError, match="unknown explorer"):
+        update_latency([type("Other", (), {"state": state})()])

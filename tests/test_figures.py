@@ -85,11 +85,13 @@ def test_landmark_panel_projects_world_points_through_the_grid():
     assert mean == pytest.approx(2.0)
     teal, pink = ax.collections[0].get_offsets(), ax.collections[1].get_offsets()
     assert len(teal) == len(pink) > 0
-    # coronal panel: columns = x index, rows = z index; 2 mm in x = 1 voxel at 2 mm spacing
+    # coronal panel (viz.slicing convention): columns = x index, rows = z index counted from the top
+    # (superior first); 2 mm in x = 1 voxel at 2 mm spacing
     np.testing.assert_allclose(np.asarray(teal)[:, 0] - np.asarray(pink)[:, 0], 1.0)
     np.testing.assert_allclose(np.asarray(teal)[:, 1], np.asarray(pink)[:, 1])
     idx = pair.moving.grid.world_to_index(pair.moving_landmarks)
-    assert set(np.round(np.asarray(pink)[:, 1], 6)) <= set(np.round(idx[:, 2], 6))
+    nz = pair.moving.grid.shape[0]
+    assert set(np.round(np.asarray(pink)[:, 1], 6)) <= set(np.round(nz - 1 - idx[:, 2], 6))
     # aspect = pixel height / width = z spacing / x spacing
     assert ax.get_aspect() == pytest.approx(3.0 / 2.0)
     plt.close(fig)

@@ -5,7 +5,7 @@ import torch
 
 from reindir_nb import derivatives, inr, losses
 from reindir_nb.core.device import make_generator
-from reindir_nb.inr.objective import LossWeights, Problem, ccidir_terms
+from reindir_nb.inr.objective import Problem, ccidir_terms
 from reindir_nb.core.pair import Pair
 from reindir_nb.core.volume import Volume
 

@@ -1,10 +1,12 @@
 """Atomic file writes: the one home of "write to a temporary name next to the target, then
 rename". Every writer of the kit (images, point files, tables, figures, checkpoints, folders)
 goes through :func:`atomic_path` or :func:`atomic_folder`, so a killed process never leaves a
-half-written file under the final name."""
+half-written file under the final name. :func:`ensure_writable` checks a folder BEFORE long work,
+so a read-only workspace fails in a second, not after minutes of compute."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -12,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_folder"]
+__all__ = ["atomic_path", "atomic_folder", "ensure_writable"]
 
 
 def _umask() -> int:
@@ -63,3 +65,38 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_writable(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` (and its parents) if needed and probe that a file can be written in it.
+
+    ``what`` says what will be written there (e.g. ``"the prepared pairs"``) and appears in the
+    error. Raises PermissionError naming the folder and ``what`` when the folder (or a parent)
+    cannot be created or written (no permission, read-only file system), NotADirectoryError when
+    ``folder`` or a parent is a file. Returns ``folder`` as a Path. Probing leaves nothing behind.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(f"{folder}: exists and is not a folder; cannot write {what} there") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(f"{folder}: a parent of this path is a file; cannot write {what} there") from None
+    except PermissionError as err:
+        raise PermissionError(f"{folder}: cannot create the folder for {what} ({err.strerror})") from None
+    except OSError as err:
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise PermissionError(f"{folder}: cannot create the folder for {what} ({err.strerror})") from None
+        raise
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        if isinstance(err, PermissionError) or err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise PermissionError(
+                f"{folder}: not writable, cannot write {what} there ({err.strerror}); choose another folder "
+                f"or fix its permissions"
+            ) from None
+        raise
+    os.close(fd)
+    os.unlink(probe)
+    return folder

@@ -21,14 +21,41 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Grid", "compose_affine", "apply_affine", "invert_affine"]
+from .points import as_points
+
+__all__ = ["Grid", "compose_affine", "apply_affine", "invert_affine", "DIRECTION_TOLERANCE"]
+
+# largest |D^T D - I| entry accepted for a direction matrix (float32 headers round to ~1e-7; 1e-3
+# changes a voxel step by at most 0.05 %)
+DIRECTION_TOLERANCE = 1e-3
 
 
 def _as_points(points: np.ndarray, what: str = "points") -> np.ndarray:
-    arr = np.asarray(points, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"{what} must be an (N, 3) array in (x, y, z) order, got shape {arr.shape}")
-    return arr
+    """Geometry maps any (N, 3) array, empty or not, NaN passing through (callers validate)."""
+    return as_points(points, what, allow_empty=True, allow_nonfinite=True)
+
+
+def _check_direction(direction: np.ndarray) -> None:
+    """Raise ValueError unless the columns of ``direction`` are orthonormal (a rotation or reflection).
+
+    A scaled or sheared matrix would make every voxel step differ from ``spacing``: an
+    "isotropic 8 mm" grid whose direction columns have length 1.16 steps 9.3 mm.
+    """
+    if not np.all(np.isfinite(direction)):
+        raise ValueError(f"direction must hold finite numbers, got {direction.round(4).tolist()}")
+    deviation = float(np.abs(direction.T @ direction - np.eye(3)).max())
+    if deviation > DIRECTION_TOLERANCE:
+        lengths = np.linalg.norm(direction, axis=0)
+        gram = direction.T @ direction
+        cosines = [gram[0, 1], gram[0, 2], gram[1, 2]] / np.maximum(
+            [lengths[0] * lengths[1], lengths[0] * lengths[2], lengths[1] * lengths[2]], 1e-12)
+        angles = np.degrees(np.arccos(np.clip(cosines, -1, 1)))
+        raise ValueError(
+            "direction must be orthonormal (unit-length, mutually perpendicular columns), got column lengths "
+            f"{np.round(lengths, 4).tolist()} and angles {np.round(angles, 2).tolist()} deg between them; "
+            "a voxel step would not equal the spacing. Put the scale into spacing and orthonormalise the "
+            "direction (e.g. its polar factor U @ Vt from numpy.linalg.svd)"
+        )
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -71,8 +98,7 @@ class Grid:
             raise ValueError(f"spacing must be three positive finite mm values, got {self.spacing}")
         if len(origin) != 3 or not all(np.isfinite(origin)):
             raise ValueError(f"origin must be three finite mm values, got {self.origin}")
-        if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
-            raise ValueError(f"direction must be orthonormal, got det {np.linalg.det(direction):.4f}")
+        _check_direction(direction)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "origin", origin)
@@ -150,6 +176,22 @@ class Grid:
         zz, yy, xx = np.meshgrid(*[np.arange(s) for s in self.shape], indexing="ij")
         idx = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3).astype(np.float64)
         return self.index_to_world(idx).reshape(*self.shape, 3)
+
+    def differences(self, other: "Grid", voxel_tol: float = 1e-3) -> list[str]:
+        """What differs between two grids, in words (empty when they describe the same voxels):
+        shape, spacing (relative ``voxel_tol``), origin (``voxel_tol`` of a voxel) and direction
+        (``voxel_tol``)."""
+        out: list[str] = []
+        if self.shape != other.shape:
+            out.append(f"shape {self.shape} vs {other.shape}")
+        sp_a, sp_b = np.array(self.spacing), np.array(other.spacing)
+        if np.any(np.abs(sp_a - sp_b) > voxel_tol * np.minimum(sp_a, sp_b)):
+            out.append(f"spacing {np.round(sp_a, 4).tolist()} vs {np.round(sp_b, 4).tolist()} mm")
+        if np.any(np.abs(np.subtract(self.origin, other.origin)) > voxel_tol * np.minimum(sp_a, sp_b)):
+            out.append(f"origin {np.round(self.origin, 3).tolist()} vs {np.round(other.origin, 3).tolist()} mm")
+        if np.abs(self.direction - other.direction).max() > voxel_tol:
+            out.append(f"direction {np.round(self.direction, 3).tolist()} vs {np.round(other.direction, 3).tolist()}")
+        return out
 
     def same_as(self, other: "Grid", tol: float = 1e-5) -> bool:
         return (

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .points import as_points
 from .volume import Volume
 
 __all__ = ["Pair", "landmark_distances"]
@@ -19,7 +20,11 @@ __all__ = ["Pair", "landmark_distances"]
 
 def landmark_distances(fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
     """Per-landmark Euclidean distance in mm between two corresponding (N, 3) point sets."""
-    return np.linalg.norm(np.asarray(fixed_points) - np.asarray(moving_points), axis=1)
+    fixed = as_points(fixed_points, "fixed_points", allow_empty=True)
+    moving = as_points(moving_points, "moving_points", allow_empty=True)
+    if len(fixed) != len(moving):
+        raise ValueError(f"{len(fixed)} fixed points but {len(moving)} moving points; they must correspond")
+    return np.linalg.norm(fixed - moving, axis=1)
 
 
 @dataclass
@@ -48,9 +53,12 @@ class Pair:
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ValueError naming the offending file/volume for any inconsistent input."""
-        for vol in (self.fixed, self.moving):
+        for vol, which in ((self.fixed, "fixed"), (self.moving, "moving")):
+            if not isinstance(vol, Volume):
+                raise TypeError(f"{self.name}: {which} must be a Volume, got {type(vol).__name__}")
+            vol.require_scalar(f"the {which} image")
             vol.check_finite()
-        for mask, image in ((self.fixed_mask, self.fixed), (self.moving_mask, self.moving)):
+        for mask, image, which in ((self.fixed_mask, self.fixed, "fixed"), (self.moving_mask, self.moving, "moving")):
             if mask is None:
                 continue
             if mask.grid.shape != image.grid.shape:
@@ -58,16 +66,23 @@ class Pair:
                     f"{mask.name or 'mask'}: shape {mask.grid.shape} differs from its image "
                     f"{image.name or ''} {image.grid.shape}"
                 )
+            differ = mask.grid.differences(image.grid)
+            if differ:  # same voxel count, other place: world-space and voxel-wise readers would disagree
+                raise ValueError(
+                    f"{mask.name or 'mask'}: the {which} mask has the image's shape but not its grid "
+                    f"({'; '.join(differ)}; mask vs image {image.name or ''}). Resample it in world space "
+                    f"(reindir_nb.data.preprocess.resample_to_grid(mask, image.grid, order=0), or "
+                    f"resample_masks=True in load_generic_pair), or, if only its header is wrong, "
+                    f"Volume(mask.array, image.grid)"
+                )
             if not np.any(mask.array):
                 raise ValueError(f"{mask.name or 'mask'}: the mask is empty (no foreground voxel)")
         fl, ml = self.fixed_landmarks, self.moving_landmarks
         if (fl is None) != (ml is None):
             raise ValueError(f"{self.name}: landmarks given for only one of fixed/moving")
         if fl is not None:
-            fl = np.asarray(fl, dtype=np.float64)
-            ml = np.asarray(ml, dtype=np.float64)
-            if fl.ndim != 2 or fl.shape[1] != 3 or ml.ndim != 2 or ml.shape[1] != 3:
-                raise ValueError(f"{self.name}: landmarks must be (N, 3) arrays, got {fl.shape} and {ml.shape}")
+            fl = as_points(fl, f"{self.name}: fixed_landmarks", allow_empty=True, allow_nonfinite=True)
+            ml = as_points(ml, f"{self.name}: moving_landmarks", allow_empty=True, allow_nonfinite=True)
             if len(fl) != len(ml):
                 raise ValueError(
                     f"{self.name}: {len(fl)} fixed landmarks but {len(ml)} moving landmarks; they must correspond"

@@ -89,6 +89,20 @@ class Volume:
     def direction(self) -> np.ndarray:
         return self.grid.direction
 
+    @property
+    def components(self) -> int:
+        """Values per voxel: 1 for a scalar image, ``c`` for a ``(z, y, x, c)`` vector image."""
+        return 1 if self.array.ndim == 3 else int(self.array.shape[3])
+
+    def require_scalar(self, what: str) -> None:
+        """Raise a ValueError naming the volume unless it is a scalar 3D image; ``what`` says what
+        it was meant to be (e.g. ``"the fixed CT"``)."""
+        if self.array.ndim != 3:
+            raise ValueError(
+                f"{self.name or 'volume'}: {what} must be a scalar 3D image, but it holds {self.components} values "
+                f"per voxel (shape {self.shape}; a vector image such as a displacement field or an RGB export)"
+            )
+
     def check_finite(self) -> None:
         """Raise a ValueError naming the volume if it holds NaN or inf."""
         if not np.all(np.isfinite(self.array)):

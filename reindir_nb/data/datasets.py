@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from .io import (
     DIRLAB_CASES,
+    ct_value_problem,
     read_dirlab_img,
     read_dirlab_landmarks,
     read_elastix_points,
@@ -59,24 +61,50 @@ REGENERATED_CBCT_KEYPOINTS = "louisvh/cbct_generated_keypoints"
 
 
 # ------------------------------------------------------------------------------ helpers
-def _ct(vol: Volume) -> Volume:
-    return vol if vol.array.dtype == np.float32 else vol.with_array(vol.array.astype(np.float32))
+def _ct(vol: Volume, hu_offset: float = 0.0) -> Volume:
+    """A CT as float32 HU (``stored - hu_offset``); a warning names the file when the values do not
+    look like HU (e.g. an unsigned export storing HU + 1024: pass ``hu_offset=1024``)."""
+    vol.require_scalar("a CT image")
+    arr = vol.array if vol.array.dtype == np.float32 else vol.array.astype(np.float32)
+    if hu_offset:
+        arr = arr - np.float32(hu_offset)
+    problem = ct_value_problem(arr)
+    if problem:
+        fix = ("pass hu_offset=1024 if the file stores HU + 1024 (unsigned exports do)"
+               if problem.startswith("no air") else "check the file's units (HU expected) and hu_offset")
+        warnings.warn(f"{vol.name or 'image'}: does not look like a CT in HU: {problem}; {fix}", stacklevel=3)
+    return vol if arr is vol.array else vol.with_array(arr)
 
 
-def _mask(path: Path | None) -> Volume | None:
+def _mask(path: Path | None, image: Volume | None = None, resample: bool = False) -> Volume | None:
+    """A mask file as a bool Volume (None when ``path`` is None or absent). With ``resample`` a mask
+    on another grid than ``image`` is resampled onto it in world space (nearest neighbour), with a
+    warning saying so; otherwise :class:`Pair` refuses the mismatch."""
     if path is None or not Path(path).is_file():
         return None
     vol = read_image(path)
-    return vol.with_array(vol.array > 0)
+    vol = vol.with_array(vol.array > 0)
+    if resample and image is not None:
+        differ = vol.grid.differences(image.grid)
+        if differ:
+            from .preprocess import resample_to_grid
+
+            warnings.warn(f"{path}: mask grid differs from its image {image.name or ''} ({'; '.join(differ)}); "
+                          f"resampled onto the image grid in world space (nearest neighbour)", stacklevel=3)
+            vol = resample_to_grid(vol, image.grid, order=0)
+    return vol
 
 
 def _make_pair(
     fixed: Volume,
     moving: Volume,
     landmarks: tuple[tuple[Path, np.ndarray], tuple[Path, np.ndarray]] | None,
+    hu_offset: float = 0.0,
+    check_ct: bool = True,
     **fields: Any,
 ) -> Pair:
-    """A validated Pair; landmark count mismatches name both files."""
+    """A validated Pair of float32 HU images (``stored - hu_offset``, checked by :func:`_ct` unless the
+    reader already did); landmark count mismatches name both files."""
     fl = ml = None
     if landmarks is not None:
         (fpath, fl), (mpath, ml) = landmarks
@@ -85,7 +113,9 @@ def _make_pair(
                 f"{fields.get('name', 'pair')}: {len(fl)} fixed landmarks in {fpath} but {len(ml)} moving "
                 f"landmarks in {mpath}; they must correspond one to one"
             )
-    return Pair(fixed=_ct(fixed), moving=_ct(moving), fixed_landmarks=fl, moving_landmarks=ml, **fields)
+    if check_ct:
+        fixed, moving = _ct(fixed, hu_offset), _ct(moving, hu_offset)
+    return Pair(fixed=fixed, moving=moving, fixed_landmarks=fl, moving_landmarks=ml, **fields)
 
 
 def _case_number(case_id: int | str, what: str) -> int:
@@ -217,7 +247,7 @@ def load_dirlab_case(folder: str | Path, case: int) -> Pair:
 
     fixed, moving = image("00"), image("50")
     return _make_pair(
-        fixed, moving, (landmarks("00", fixed), landmarks("50", moving)),
+        fixed, moving, (landmarks("00", fixed), landmarks("50", moving)), check_ct=False,
         name=f"dirlab-case{case:02d}", dataset="dirlab",
         meta={"source": "DIR-LAB 4DCT", "case": case, "fixed_phase": "T00", "moving_phase": "T50"},
     )
@@ -242,9 +272,11 @@ def dataset_json(folder: str | Path) -> dict:
     if len(found) > 1:
         raise ValueError(f"{folder}: several dataset json files: {', '.join(p.name for p in found)}")
     try:
-        return json.loads(found[0].read_text())
+        return json.loads(found[0].read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{found[0]}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{found[0]}: not a UTF-8 text file (byte {err.start}); a dataset json was expected") from None
 
 
 def _json_pairs(info: dict) -> list[tuple[str, str]]:
@@ -289,6 +321,8 @@ def _learn2reg_pair(
     fixed = read_image(root / "imagesTr" / fixed_name)
     moving = read_image(root / "imagesTr" / moving_name)
     fstem, mstem = _image_stem(fixed_name), _image_stem(moving_name)
+    fixed_mask = _mask(root / "masksTr" / f"{fstem}.nii.gz")
+    moving_mask = _mask(root / "masksTr" / f"{mstem}.nii.gz")
     if keypoint_dir is not None:
         fixed_keypoints = keypoint_dir / f"{fstem}.csv"
         moving_keypoints = keypoint_dir / f"{mstem}.csv"
@@ -299,15 +333,10 @@ def _learn2reg_pair(
         raise FileNotFoundError(f"{missing}: keypoint file not found (its partner {present[0]} exists)")
     if len(present) == 2:
         landmarks = (
-            (fixed_keypoints, read_learn2reg_keypoints(fixed_keypoints, fixed.grid)),
-            (moving_keypoints, read_learn2reg_keypoints(moving_keypoints, moving.grid)),
+            (fixed_keypoints, read_learn2reg_keypoints(fixed_keypoints, fixed.grid, fixed_mask)),
+            (moving_keypoints, read_learn2reg_keypoints(moving_keypoints, moving.grid, moving_mask)),
         )
-    return _make_pair(
-        fixed, moving, landmarks,
-        fixed_mask=_mask(root / "masksTr" / f"{fstem}.nii.gz"),
-        moving_mask=_mask(root / "masksTr" / f"{mstem}.nii.gz"),
-        **fields,
-    )
+    return _make_pair(fixed, moving, landmarks, fixed_mask=fixed_mask, moving_mask=moving_mask, **fields)
 
 
 def _cbct_keypoint_files(
@@ -386,10 +415,17 @@ def load_generic_pair(
     one_based: bool = False,
     name: str | None = None,
     dataset: str = "generic",
+    hu_offset: float = 0.0,
+    resample_masks: bool = False,
 ) -> Pair:
     """Any SimpleITK-readable image pair, optional masks and landmark files (csv/txt or elastix
     point sets, see :func:`reindir_nb.io.read_points`). ``units`` ("mm" or "voxel"; voxel
-    indices 0-based unless ``one_based``) must be stated whenever landmarks are given."""
+    indices 0-based unless ``one_based``) must be stated whenever landmarks are given.
+
+    ``hu_offset`` is subtracted from both images (1024 for unsigned exports storing HU + 1024; a
+    warning suggests it when an image has no air). A mask must lie on its image's grid (a
+    ValueError otherwise); ``resample_masks=True`` resamples it onto that grid in world space
+    (nearest neighbour) with a warning instead."""
     fvol, mvol = read_image(fixed), read_image(moving)
     landmarks = None
     if fixed_landmarks is not None or moving_landmarks is not None:
@@ -406,8 +442,8 @@ def load_generic_pair(
         if mask_file is not None and not Path(mask_file).is_file():
             raise FileNotFoundError(f"{mask_file}: file not found")
     return _make_pair(
-        fvol, mvol, landmarks,
-        fixed_mask=_mask(fixed_mask), moving_mask=_mask(moving_mask),
+        fvol, mvol, landmarks, hu_offset=hu_offset,
+        fixed_mask=_mask(fixed_mask, fvol, resample_masks), moving_mask=_mask(moving_mask, mvol, resample_masks),
         name=name or _image_stem(Path(fixed).name), dataset=dataset,
         meta={"source": "generic", "fixed_file": str(fixed), "moving_file": str(moving)},
     )

@@ -147,6 +147,17 @@ def _crop_at(volume: Volume, start_xyz: np.ndarray, size_xyz: np.ndarray, pad_va
 
 
 # ------------------------------------------------------------------- lung mask
+def _require_contrast(volume: Volume, step: str) -> None:
+    """Raise a ValueError naming the image when all its voxels have one value (nothing to segment
+    or register)."""
+    arr = volume.array
+    if arr.size and float(arr.max()) == float(arr.min()):
+        raise ValueError(
+            f"{volume.name or 'image'}: every voxel has the value {float(arr.min()):g}; {step} needs an image with "
+            f"contrast (a blank or failed export?)"
+        )
+
+
 @functools.lru_cache(maxsize=1)
 def _lungmask_inferer() -> Any:
     """The ``lungmask`` (Hofmanninger et al.) model when the package imports AND its weights load;
@@ -209,6 +220,7 @@ def lung_mask(
     clear_air_hu: float = -950.0,
     second_lung_fraction: float = 0.2,
     max_hole_mm2: float = 600.0,
+    max_fraction: float = 0.9,
 ) -> Volume:
     """Lung mask (bool Volume) of a CT in HU.
 
@@ -226,7 +238,9 @@ def lung_mask(
        domes, which appear as large tissue islands in axial slices near the lung bases), then a
        small closing (two 6-neighbour steps).
 
-    Raises ValueError naming the image when no lung-like region exists.
+    Raises ValueError naming the image when no lung-like region exists, when the image is constant
+    (every voxel would be "lung") or when the mask would fill more than ``max_fraction`` of the image
+    (not a thorax CT in HU).
     """
     name = volume.name or "image"
     if volume.array.ndim != 3:
@@ -238,7 +252,10 @@ def lung_mask(
     a = np.asarray(volume.array, dtype=np.float32)
     air = a < threshold_hu
     if not air.any():
-        raise ValueError(f"{name}: no voxel below {threshold_hu:g} HU, cannot find lungs")
+        raise ValueError(f"{name}: no voxel below {threshold_hu:g} HU, cannot find lungs (values "
+                         f"{float(a.min()):g}..{float(a.max()):g}; an image storing HU + 1024 needs hu_offset=1024 "
+                         f"when it is loaded)")
+    _require_contrast(volume, "lung_mask")
     in_plane = min(volume.spacing[0], volume.spacing[1])
     rim = max(1, int(np.ceil(2.0 / in_plane)))  # about 2 mm of partial-volume skin edge
     inside_air = air & ~_outside_air(a, air, clear_air_hu, rim)
@@ -260,6 +277,11 @@ def lung_mask(
     mask = _closing_padded(mask, 2)
     if mask.sum() < 10:
         raise ValueError(f"{name}: lung mask is (nearly) empty ({int(mask.sum())} voxels)")
+    if mask.mean() > max_fraction:
+        raise ValueError(
+            f"{name}: the lung mask would cover {100 * mask.mean():.0f} % of the image (more than "
+            f"{100 * max_fraction:.0f} %): this does not look like a thorax CT in HU; give a lung mask or check "
+            f"the image's intensities")
     return volume.with_array(mask, name=f"{volume.name} lung mask (threshold {threshold_hu:g} HU)")
 
 
@@ -370,7 +392,7 @@ def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None)
     cropped/padded to ``patch_size`` (z, y, x) around its own lung-mask centre, shifted so that
     its landmarks stay inside (a ValueError naming the pair when they span more than the patch);
     intensities clipped to :data:`HU_RANGE` and scaled to [0, 1] unless ``meta["normalized"]``
-    says they already are. Fixed and moving keep their own world geometry and landmarks are not
+    says they already are. A constant image raises ValueError naming it. Fixed and moving keep their own world geometry and landmarks are not
     changed. ``prealign`` (None, "rigid", "affine", "auto" or a 4x4 fixed->moving world matrix)
     centres the moving patch on the pre-aligned fixed centre instead, so both patches hold the
     same anatomy when the scans are positioned differently; the matrix goes to
@@ -380,6 +402,8 @@ def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None)
     prof = get_profile(profile)
     if pair.meta.get("prepared") == prof.name and prealign is None:
         return pair
+    for image in (pair.fixed, pair.moving):
+        _require_contrast(image, f"prepare ({pair.name})")
     sp = float(prof.spacing_mm)
     size_xyz = np.array(prof.patch_size[::-1], dtype=int)
     normalized = bool(pair.meta.get("normalized"))

@@ -414,7 +414,7 @@ def hessian_forward_autograd(params: Params, x: Tensor, omega: float = 30.0) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def _check_method(method: str) -> None:
+def check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown derivative method {method!r} (use one of {', '.join(map(repr, METHODS))})")
 
@@ -426,14 +426,14 @@ def displacement(
     chunked hand-written pass with omega folded into the weights (the cycle term's second
     network evaluation: ~2x faster than autograd through :func:`reindir_nb.inr.siren` on a CPU);
     the other methods use :func:`reindir_nb.inr.siren`. Always fp32/fp64 (no bf16)."""
-    _check_method(method)
+    check_method(method)
     if method == "forward":
         return _jet_fast(params, x, omega, 0, chunk, False)[:, 0]
     return siren(params, x, omega)
 
 
 def _dispatch(order: int, params: Params, x: Tensor, omega: float, method: str, chunk: int | None, bf16: bool):
-    _check_method(method)
+    check_method(method)
     if method == "forward":
         out = _jet_fast(params, x, omega, order, chunk, bf16)
     elif method == "forward-autograd":

@@ -1,7 +1,12 @@
 """The ccIDIR objective on one pair: point sampling, image sampling and the loss terms.
 
-Shared by test-time registration (:mod:`reindir_nb.register`, Adam) and meta-training
-(:mod:`reindir_nb.meta`, SGD inner loop). The forward INR lives in the fixed image's INR
+Shared by test-time registration (:mod:`reindir_nb.inr.registration`, Adam), meta-training
+(:mod:`reindir_nb.meta.training`, SGD inner loop) and sweeps through ONE typed configuration,
+:class:`Objective` (similarity, regulariser, weights, derivative method). Similarities and
+regularisers are entries of two small registries (:data:`SIMILARITIES`, :data:`REGULARISERS`):
+adding one is one :func:`register_similarity` / :func:`register_regulariser` call here (or in
+user code) plus its test. ``omega`` is not part of the objective: it belongs to the networks
+(:class:`~reindir_nb.inr.network.SirenConfig`). The forward INR lives in the fixed image's INR
 frame, the backward INR in the moving image's; ``Problem.f2m`` / ``m2f`` carry points between
 the two frames and include the global pre-alignment (an affine map of world mm), so the
 INRs model the residual deformation only:
@@ -12,21 +17,22 @@ INRs model the residual deformation only:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import derivatives
-
-from . import losses
 from ..core.geometry import Grid, compose_affine, invert_affine
-from .network import Params
 from ..core.pair import Pair
+from . import derivatives, losses
+from .network import Params
 
-__all__ = ["LossWeights", "Problem", "ccidir_terms", "sample_image", "apply_matrix"]
+__all__ = ["LossWeights", "Objective", "Similarity", "Regulariser", "SIMILARITIES", "REGULARISERS",
+           "register_similarity", "register_regulariser", "Problem", "ccidir_terms", "objective_terms",
+           "sample_image", "apply_matrix"]
 
 
 @dataclass(frozen=True)
@@ -134,30 +140,161 @@ class Problem:
         return apply_matrix(to_inr, index)
 
 
-def _similarity(
-    image_a: Tensor, coords_a: Tensor, image_b: Tensor, coords_b: Tensor, similarity: str, stencil: Tensor | None
-) -> Tensor:
-    if similarity == "ncc":
-        return losses.ncc_loss(sample_image(image_a, coords_a), sample_image(image_b, coords_b))
-    if similarity == "lncc":
-        # same offset in both frames: the deformation is taken as locally a translation
-        k = stencil.shape[0]
-        a = sample_image(image_a, (coords_a[:, None, :] + stencil[None]).reshape(-1, 3)).view(-1, k)
-        b = sample_image(image_b, (coords_b[:, None, :] + stencil[None]).reshape(-1, 3)).view(-1, k)
-        return losses.local_ncc_loss(a, b)
-    raise ValueError(f"unknown similarity {similarity!r} (use 'ncc' or 'lncc')")
+# ------------------------------------------------------------------ similarity registry
+@dataclass(frozen=True)
+class Similarity:
+    """An image similarity loss on sampled intensities (registry entry).
+
+    ``loss(fixed, warped)`` takes the samples at the batch points: (N,) when ``stencil_voxels``
+    is None, else (N, K) over a K-point neighbourhood of each point (the same index-space
+    offsets in both images: the deformation is taken as locally a translation)."""
+
+    name: str
+    loss: Callable[[Tensor, Tensor], Tensor]
+    stencil_voxels: float | None = None   # neighbourhood radius (voxels) of a local similarity
 
 
-def lncc_stencil(shape: tuple[int, int, int], radius_voxels: float, device, dtype) -> Tensor:
-    """7-point stencil (centre and +-radius along each axis) in INR units of a grid ``shape``."""
-    half = torch.tensor([(s - 1) / 2.0 for s in shape[::-1]], dtype=dtype, device=device).clamp(min=1.0)
-    offs = [torch.zeros(3, dtype=dtype, device=device)]
+def _axis_stencil(index_to_inr: Tensor, radius_voxels: float) -> Tensor:
+    """7-point stencil (centre, +-radius voxels along each index axis) in INR units, through the
+    frame's index -> INR matrix (the geometry module's convention, no scaling of its own)."""
+    offsets = torch.zeros(7, 3, dtype=index_to_inr.dtype, device=index_to_inr.device)
     for axis in range(3):
-        for sign in (-1.0, 1.0):
-            o = torch.zeros(3, dtype=dtype, device=device)
-            o[axis] = sign * radius_voxels / half[axis]
-            offs.append(o)
-    return torch.stack(offs)
+        offsets[1 + 2 * axis, axis] = -radius_voxels
+        offsets[2 + 2 * axis, axis] = radius_voxels
+    return offsets @ index_to_inr[:3, :3].t()
+
+
+def _sample(image: Tensor, coords: Tensor, stencil: Tensor | None) -> Tensor:
+    if stencil is None:
+        return sample_image(image, coords)
+    k = stencil.shape[0]
+    return sample_image(image, (coords[:, None, :] + stencil[None]).reshape(-1, 3)).view(-1, k)
+
+
+# ------------------------------------------------------------------ regulariser registry
+@dataclass(frozen=True)
+class Regulariser:
+    """A smoothness penalty of one network's displacement at the batch points (registry entry).
+
+    ``order``: derivatives it needs (0: displacement only, 1: Jacobian, 2: Hessian);
+    ``penalty(derivative, inr_to_mm)`` gets that derivative in INR units (None for order 0) and
+    the 3x3 linear INR -> mm map; ``weight(weights)`` picks its weight from :class:`LossWeights`;
+    ``needs_grad``: evaluating it needs autograd even when no step follows (the last recorded
+    iteration, training logs)."""
+
+    name: str
+    order: int
+    penalty: Callable[[Tensor | None, Tensor], Tensor]
+    weight: Callable[["LossWeights"], float]
+    needs_grad: bool = False
+
+
+SIMILARITIES: dict[str, Similarity] = {}
+REGULARISERS: dict[str, Regulariser] = {}
+
+
+def register_similarity(entry: Similarity) -> Similarity:
+    """Add (or replace) a similarity under ``entry.name``; ``Objective(similarity=name)`` uses it."""
+    SIMILARITIES[entry.name] = entry
+    return entry
+
+
+def register_regulariser(entry: Regulariser) -> Regulariser:
+    """Add (or replace) a regulariser under ``entry.name``; ``Objective(regulariser=name)`` uses it."""
+    if entry.order not in (0, 1, 2):
+        raise ValueError(f"regulariser {entry.name!r}: order must be 0, 1 or 2, got {entry.order}")
+    REGULARISERS[entry.name] = entry
+    return entry
+
+
+register_similarity(Similarity("ncc", losses.ncc_loss))
+register_similarity(Similarity("lncc", losses.local_ncc_loss, stencil_voxels=2.0))
+register_regulariser(Regulariser("jacobian", 1, lambda jac, _: losses.symmetric_jacobian_loss(jac),
+                                 lambda w: w.jacobian))
+register_regulariser(Regulariser("bending", 2, lambda hess, to_mm: losses.bending_energy(losses.hessian_to_mm(hess, to_mm)),
+                                 lambda w: w.bending, needs_grad=True))
+register_regulariser(Regulariser("none", 0, lambda _, to_mm: torch.zeros((), dtype=to_mm.dtype, device=to_mm.device),
+                                 lambda w: 0.0))
+
+
+# ------------------------------------------------------------------------- the objective
+@dataclass(frozen=True)
+class Objective:
+    """The ccIDIR objective: ``similarity`` and ``regulariser`` (registry names), their
+    ``weights``, and how derivatives are computed (``derivative_method``: see
+    :mod:`reindir_nb.inr.derivatives`; ``derivative_bf16``: bfloat16 derivative matmuls, opt-in,
+    "forward" only). Shared by ``register``, meta-training and sweeps."""
+
+    similarity: str = "ncc"
+    regulariser: str = "jacobian"
+    weights: LossWeights = field(default_factory=LossWeights)
+    derivative_method: str = "forward"
+    derivative_bf16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {sorted(SIMILARITIES)}, got {self.similarity!r}")
+        if self.regulariser not in REGULARISERS:
+            raise ValueError(f"regulariser must be one of {sorted(REGULARISERS)}, got {self.regulariser!r}")
+        if not isinstance(self.weights, LossWeights):
+            raise TypeError(f"weights must be a LossWeights, got {type(self.weights).__name__}")
+        for name in ("jacobian", "bending", "cycle"):
+            value = getattr(self.weights, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"weights.{name} must be a finite number >= 0, got {value!r}")
+        derivatives.check_method(self.derivative_method)
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether evaluating the loss needs autograd even without an optimisation step."""
+        return REGULARISERS[self.regulariser].needs_grad
+
+    def terms(self, forward: Params, backward: Params, problem: "Problem", points_fixed: Tensor,
+              points_moving: Tensor, omega: float) -> dict[str, Tensor]:
+        """All loss terms for one batch (see :func:`objective_terms`)."""
+        return objective_terms(self, forward, backward, problem, points_fixed, points_moving, omega)
+
+
+def objective_terms(objective: Objective, forward: Params, backward: Params, problem: Problem,
+                    points_fixed: Tensor, points_moving: Tensor, omega: float) -> dict[str, Tensor]:
+    """All ccIDIR loss terms for one batch; ``terms["total"]`` is the weighted sum.
+
+    ``points_fixed`` / ``points_moving`` are INR coords (N, 3) in the fixed / moving frame;
+    ``omega`` is the networks' (their :class:`SirenConfig`). Terms: ``ncc_f``, ``ncc_b``
+    (similarity loss; the name is kept for every similarity), ``reg_f``, ``reg_b`` (the
+    regulariser), ``cycle_f``, ``cycle_b`` (mm^2)."""
+    sim = SIMILARITIES[objective.similarity]
+    reg = REGULARISERS[objective.regulariser]
+    method, bf16 = objective.derivative_method, objective.derivative_bf16
+    terms: dict[str, Tensor] = {}
+    sides = (
+        ("f", forward, backward, points_fixed, problem.f2m, problem.m2f, problem.fixed, problem.moving,
+         problem.fixed_to_mm, problem.fixed_index_to_inr),
+        ("b", backward, forward, points_moving, problem.m2f, problem.f2m, problem.moving, problem.fixed,
+         problem.moving_to_mm, problem.moving_index_to_inr),
+    )
+    for tag, net, other, x, to_other, back, own_image, other_image, to_mm, own_index in sides:
+        if reg.order == 0:
+            v, derivative = derivatives.displacement(net, x, omega, method=method), None
+        elif reg.order == 1:
+            v, derivative = derivatives.jacobian(net, x, omega, method=method, bf16=bf16)
+        else:
+            v, _, derivative = derivatives.hessian(net, x, omega, method=method, bf16=bf16)
+        terms[f"reg_{tag}"] = reg.penalty(derivative, to_mm[:3, :3])
+        y = apply_matrix(to_other, x + v)
+        # a local similarity uses the same INR offsets (from this side's voxel size) in both frames
+        stencil = None if sim.stencil_voxels is None else _axis_stencil(own_index, sim.stencil_voxels)
+        terms[f"ncc_{tag}"] = sim.loss(_sample(own_image, x, stencil), _sample(other_image, y, stencil))
+        returned = apply_matrix(back, y + derivatives.displacement(other, y, omega, method=method))
+        lin = to_mm[:3, :3].t()
+        terms[f"cycle_{tag}"] = losses.cycle_loss(x @ lin, returned @ lin)
+    w = objective.weights
+    terms["total"] = (
+        terms["ncc_f"] + terms["ncc_b"]
+        + reg.weight(w) * (terms["reg_f"] + terms["reg_b"])
+        + w.cycle * (terms["cycle_f"] + terms["cycle_b"])
+    )
+    return terms
 
 
 def ccidir_terms(
@@ -173,46 +310,7 @@ def ccidir_terms(
     derivative_method: str = "forward",
     derivative_bf16: bool = False,
 ) -> dict[str, Tensor]:
-    """All ccIDIR loss terms for one batch; ``terms["total"]`` is the weighted sum.
-
-    ``points_fixed`` / ``points_moving`` are INR coords (N, 3) in the fixed / moving frame.
-    Terms: ``ncc_f``, ``ncc_b`` (1 - NCC), ``reg_f``, ``reg_b`` (symmetric Jacobian, or bending
-    energy in mm^-2), ``cycle_f``, ``cycle_b`` (mm^2).
-
-    ``derivative_method`` picks the Jacobian/Hessian implementation (see
-    :mod:`reindir_nb.derivatives`); ``derivative_bf16`` (opt-in speed knob, ``"forward"`` only)
-    runs the derivative matmuls in bfloat16 (det J errors up to ~1e-2: validate on TRE).
-    """
-    terms: dict[str, Tensor] = {}
-    dev, dt = points_fixed.device, points_fixed.dtype
-    sides = (
-        ("f", forward, backward, points_fixed, problem.f2m, problem.m2f, problem.fixed, problem.moving,
-         problem.fixed_to_mm, problem.fixed_shape),
-        ("b", backward, forward, points_moving, problem.m2f, problem.f2m, problem.moving, problem.fixed,
-         problem.moving_to_mm, problem.moving_shape),
-    )
-    for tag, net, other, x, to_other, back, own_image, other_image, to_mm, shape in sides:
-        if regulariser == "jacobian":
-            v, jac = derivatives.jacobian(net, x, omega, method=derivative_method, bf16=derivative_bf16)
-            terms[f"reg_{tag}"] = losses.symmetric_jacobian_loss(jac)
-        elif regulariser == "bending":
-            v, _, hess = derivatives.hessian(net, x, omega, method=derivative_method, bf16=derivative_bf16)
-            terms[f"reg_{tag}"] = losses.bending_energy(losses.hessian_to_mm(hess, to_mm[:3, :3]))
-        elif regulariser == "none":
-            v = derivatives.displacement(net, x, omega, method=derivative_method)
-            terms[f"reg_{tag}"] = torch.zeros((), device=dev, dtype=dt)
-        else:
-            raise ValueError(f"unknown regulariser {regulariser!r} (use 'jacobian', 'bending' or 'none')")
-        y = apply_matrix(to_other, x + v)
-        stencil = lncc_stencil(shape, 2.0, dev, dt) if similarity == "lncc" else None
-        terms[f"ncc_{tag}"] = _similarity(own_image, x, other_image, y, similarity, stencil)
-        returned = apply_matrix(back, y + derivatives.displacement(other, y, omega, method=derivative_method))
-        lin = to_mm[:3, :3].t()
-        terms[f"cycle_{tag}"] = losses.cycle_loss(x @ lin, returned @ lin)
-    reg_weight = weights.jacobian if regulariser == "jacobian" else weights.bending
-    terms["total"] = (
-        terms["ncc_f"] + terms["ncc_b"]
-        + reg_weight * (terms["reg_f"] + terms["reg_b"])
-        + weights.cycle * (terms["cycle_f"] + terms["cycle_b"])
-    )
-    return terms
+    """The short form of :func:`objective_terms` with the objective's fields as arguments."""
+    objective = Objective(similarity=similarity, regulariser=regulariser, weights=weights,
+                          derivative_method=derivative_method, derivative_bf16=derivative_bf16)
+    return objective_terms(objective, forward, backward, problem, points_fixed, points_moving, omega)

@@ -3,7 +3,7 @@
 Two SIRENs are optimised with Adam on batches of points: the forward network in the fixed
 image's INR frame (points drawn inside the fixed mask) and the backward network in the
 moving image's frame (inside the moving mask), with the ccIDIR loss of
-:func:`reindir_nb.objective.ccidir_terms`. A global pre-alignment (affine/rigid, world mm) is
+:class:`reindir_nb.inr.objective.Objective`. A global pre-alignment (affine/rigid, world mm) is
 estimated first when the pair needs it; the networks model the residual, and every output
 (points, fields, warps, determinants) composes both.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
@@ -26,11 +27,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import derivatives
+from ..core.checks import require_float, require_int
 from ..core.device import get_device, make_generator
 from ..core.geometry import Grid
 from ..core.metrics import deformation_statistics, target_registration_error
 from .network import Params, SirenConfig, clone_params, init_siren, siren
-from .objective import LossWeights, Problem, apply_matrix, ccidir_terms
+from .objective import LossWeights, Objective, Problem, apply_matrix
 from ..core.pair import Pair
 from ..core.profiles import get_profile
 from ..core.volume import Volume
@@ -81,6 +83,7 @@ class RegistrationRun:
     snapshots: dict[int, tuple[Params, Params]] = field(default_factory=dict)
     encoder_seconds: float = 0.0
     settings: dict = field(default_factory=dict)
+    diverged: bool = False         # the loss became non-finite; the run stopped at the last finite state
 
     # ---------------------------------------------------------------- params
     def params_at(self, iteration: int | None = None) -> tuple[Params, Params]:
@@ -228,26 +231,69 @@ def _record_iterations(iterations: int, record_every: int) -> set[int]:
     return recs
 
 
+def _learned_start_is_worse(problem: Problem, objective: Objective, config: SirenConfig, fwd: Params, bwd: Params,
+                            points: int, seed: int) -> tuple[bool, float, float]:
+    """Similarity loss (forward + backward) of the learned start against the identity (zero
+    displacement after pre-alignment), on one batch drawn from its own generator (the run's
+    point sequence is not touched). Returns (worse, learned loss, identity loss)."""
+    gen = make_generator(seed + 104729)
+    xf = problem.sample_points(points, gen, "fixed")
+    xb = problem.sample_points(points, gen, "moving")
+    only_similarity = Objective(similarity=objective.similarity, regulariser="none", weights=objective.weights)
+    with torch.no_grad():
+        learned = only_similarity.terms(fwd, bwd, problem, xf, xb, config.omega)
+        zero_f, zero_b = identity_params(fwd), identity_params(bwd)
+        identity = only_similarity.terms(zero_f, zero_b, problem, xf, xb, config.omega)
+    value = float(learned["ncc_f"] + learned["ncc_b"])
+    ident = float(identity["ncc_f"] + identity["ncc_b"])
+    return (not math.isfinite(value)) or value > ident, value, ident
+
+
+def identity_params(params: Params) -> Params:
+    """A copy of ``params`` with the output layer zeroed: the same hidden features, zero
+    displacement (the identity transform after pre-alignment)."""
+    out = [p.detach().clone() for p in params]
+    out[-2].zero_()
+    out[-1].zero_()
+    return out
+
+
+def _objective_from(objective: Objective | None, regulariser: str | None, similarity: str | None,
+                    weights: LossWeights | None, derivative_method: str | None) -> Objective:
+    """The run's objective: ``objective`` or one built from the short-form arguments (not both)."""
+    short = {k: v for k, v in dict(regulariser=regulariser, similarity=similarity, weights=weights,
+                                   derivative_method=derivative_method).items() if v is not None}
+    if objective is None:
+        return Objective(**short)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
+    if short:
+        raise ValueError(f"give either objective= or its fields ({', '.join(short)}), not both")
+    return objective
+
+
 def register(
     pair: Pair,
     init: "str | Initialiser" = "random",
     iterations: int | None = None,
     seed: int = 0,
-    regulariser: str = "jacobian",
+    regulariser: str | None = None,
     points_per_step: int | None = None,
     lr: float = 1e-4,
     device: str | torch.device | None = None,
     record_every: int | None = None,
     prealign: "str | np.ndarray" = "auto",
-    similarity: str = "ncc",
-    omega: float = 30.0,
-    output_scale: float = 1.0,
-    weights: LossWeights = LossWeights(),
+    similarity: str | None = None,
+    siren: SirenConfig | None = None,
+    output_scale: float | None = None,
+    weights: LossWeights | None = None,
     profile: str | None = None,
     progress: bool = True,
     snapshot_limit: int = 40,
-    derivative_method: str = "forward",
+    derivative_method: str | None = None,
     record_tre: bool = True,
+    objective: Objective | None = None,
+    safe_start: bool = True,
 ) -> RegistrationRun:
     """ccIDIR test-time optimisation of one pair: Adam (``lr``) on the forward and backward
     SIRENs, ``points_per_step`` points per network per step drawn with a generator seeded from
@@ -255,39 +301,51 @@ def register(
     ``points_per_step`` and ``record_every`` come from ``profile`` (default: the profile the pair
     was prepared with, else ``demo``).
 
-    ``init``: "random" (Sitzmann initialisation from ``seed``, with ``omega`` and
-    ``output_scale``; 0 starts at exactly zero displacement) or an :class:`Initialiser` (a Reptile
-    template or REINDIR model; its ``siren_config`` sets omega; its tensors are cloned, never
-    modified). ``prealign``: see :func:`resolve_prealign` ("auto", "affine", "rigid", "none" or a
-    4x4 fixed->moving world-mm matrix); the networks model the residual. ``regulariser``:
-    "jacobian" (symmetric, weight ``weights.jacobian``), "bending" (``weights.bending``) or "none";
-    ``similarity``: "ncc" (global over the batch) or "lncc" (local). History rows (every
-    ``record_every`` steps and the last) hold the state after exactly that many steps; row 0 is
-    the initialisation (a learned init's zero-shot result), its ``seconds`` the encoder time.
+    ``objective``: the :class:`~reindir_nb.inr.objective.Objective` (similarity, regulariser,
+    weights, derivative method); the short form ``regulariser=``, ``similarity=``, ``weights=``,
+    ``derivative_method=`` builds one (defaults: NCC, symmetric Jacobian, paper weights).
+    ``init``: "random" (Sitzmann initialisation from ``seed`` of ``siren``, default
+    ``SirenConfig()``; ``output_scale=0`` starts at exactly zero displacement) or an
+    :class:`Initialiser` (a Reptile template or REINDIR model; its ``siren_config`` is used; its
+    tensors are cloned, never modified). With ``safe_start`` a learned start whose similarity
+    loss is worse than the identity's starts from the identity instead (its hidden layers, a
+    zero output layer); ``run.settings["start"]`` and the history's ``start`` column say which.
+    ``prealign``: see :func:`reindir_nb.data.prealign.resolve_prealign`.
+
+    History rows (every ``record_every`` steps and the last) hold the state after exactly that
+    many steps; row 0 is the initialisation (a learned init's zero-shot result), its ``seconds``
+    the encoder time. A non-finite loss stops the run at the last finite state with a warning:
+    ``run.diverged`` is True and the history's ``diverged`` column marks the last row.
     """
-    if regulariser not in ("jacobian", "bending", "none"):
-        raise ValueError(f"regulariser must be 'jacobian', 'bending' or 'none', got {regulariser!r}")
-    if similarity not in ("ncc", "lncc"):
-        raise ValueError(f"similarity must be 'ncc' or 'lncc', got {similarity!r}")
+    if not isinstance(pair, Pair):
+        raise TypeError(f"register: pair must be a Pair (rn.load_pair / rn.prepare), got {type(pair).__name__}")
     if isinstance(init, str) and init != "random":
         raise ValueError(f"init must be 'random' or an Initialiser (Reptile template / REINDIR model), got {init!r}")
     if not isinstance(init, (str, Initialiser)):
         raise ValueError(f"init must be 'random' or have initial_params(problem) and siren_config, got {type(init).__name__}")
+    objective = _objective_from(objective, regulariser, similarity, weights, derivative_method)
     prof = get_profile(profile or pair.meta.get("prepared") or "demo")
-    iterations = prof.iterations if iterations is None else int(iterations)
-    points = prof.points_per_step if points_per_step is None else int(points_per_step)
-    record_every = prof.record_every if record_every is None else int(record_every)
-    if iterations < 0 or points < 1 or record_every < 1 or snapshot_limit < 1:
-        raise ValueError(f"{pair.name}: need iterations >= 0, points_per_step >= 1, record_every >= 1, snapshot_limit >= 1 "
-                         f"(got {iterations}, {points}, {record_every}, {snapshot_limit})")
+    iterations = prof.iterations if iterations is None else require_int(iterations, "iterations", 0)
+    points = prof.points_per_step if points_per_step is None else require_int(points_per_step, "points_per_step", 1)
+    record_every = prof.record_every if record_every is None else require_int(record_every, "record_every", 1)
+    seed = require_int(seed, "seed", 0)
+    snapshot_limit = require_int(snapshot_limit, "snapshot_limit", 1)
+    lr = require_float(lr, "lr", positive=True)
+    if siren is not None and not isinstance(siren, SirenConfig):
+        raise TypeError(f"siren must be a SirenConfig, got {type(siren).__name__}")
+    if output_scale is not None:
+        output_scale = require_float(output_scale, "output_scale", minimum=0.0)
     dev = get_device(device)
 
     kind, pre = resolve_prealign(pair, prealign)
     problem = Problem.from_pair(pair, prealign=pre, device=dev)
 
     t0 = time.perf_counter()
+    start = "random"
     if isinstance(init, str):
-        config = SirenConfig(omega=omega, output_scale=output_scale)
+        config = siren or SirenConfig()
+        if output_scale is not None:
+            config = replace(config, output_scale=output_scale)
         gen_init = make_generator(seed)
         fwd0 = init_siren(config, gen_init, device=dev)
         bwd0 = init_siren(config, gen_init, device=dev)
@@ -298,6 +356,14 @@ def register(
         encoder_seconds = float(getattr(init, "encoder_seconds", None) or time.perf_counter() - t0)
         _check_params(fwd0, config, f"{type(init).__name__}.initial_params (forward)")
         _check_params(bwd0, config, f"{type(init).__name__}.initial_params (backward)")
+        fwd0, bwd0 = [p.to(dev) for p in fwd0], [p.to(dev) for p in bwd0]
+        start = "learned"
+        if safe_start:
+            worse, learned_loss, identity_loss = _learned_start_is_worse(problem, objective, config, fwd0, bwd0,
+                                                                         points, seed)
+            if worse:
+                fwd0, bwd0 = identity_params(fwd0), identity_params(bwd0)
+                start = f"identity (learned start similarity {learned_loss:.4f} > identity {identity_loss:.4f})"
     fwd = clone_params([p.to(dev) for p in fwd0], requires_grad=True)
     bwd = clone_params([p.to(dev) for p in bwd0], requires_grad=True)
     optimiser = torch.optim.Adam(fwd + bwd, lr=lr)
@@ -307,39 +373,64 @@ def register(
         pair=pair, problem=problem, forward=fwd, backward=bwd, siren_config=config, prealign_matrix=pre,
         history=pd.DataFrame(), iterations=0, encoder_seconds=encoder_seconds,
         settings={"init": "random" if isinstance(init, str) else type(init).__name__, "prealign": kind,
-                  "regulariser": regulariser, "points_per_step": points, "lr": lr, "seed": seed,
-                  "similarity": similarity, "device": str(dev)},
+                  "regulariser": objective.regulariser, "points_per_step": points, "lr": lr, "seed": seed,
+                  "similarity": objective.similarity, "device": str(dev), "start": start,
+                  "objective": objective},
     )
     records = _record_iterations(iterations, record_every)
     snap_every = max(1, math.ceil(len(records) / max(1, snapshot_limit)))
     rows: list[dict] = []
     elapsed = encoder_seconds
+    previous: tuple[Params, Params, dict] | None = None  # the last finite state and its loss terms
     bar = tqdm(total=iterations, desc=f"ccIDIR {pair.name}", disable=not progress, leave=False)
+
+    def record(it: int, terms: dict, diverged: bool = False) -> dict:
+        run.forward, run.backward, run.iterations = fwd, bwd, it
+        row = {"iteration": it, "seconds": elapsed, **{k: float(v.detach()) for k, v in terms.items()},
+               "start": start, "diverged": diverged}
+        if record_tre and pair.has_landmarks:
+            for est in ("cycle", "forward"):
+                stats = target_registration_error(run.transform_points(pair.fixed_landmarks, est), pair.moving_landmarks)
+                suffix = "" if est == "cycle" else "_forward"
+                row.update({f"tre_{k}{suffix}_mm": v for k, v in stats.items()})
+        rows.append(row)
+        return row
+
     for it in range(iterations + 1):
         stepping = it < iterations
         t_step = time.perf_counter()
         xf = problem.sample_points(points, gen_points, "fixed")
         xb = problem.sample_points(points, gen_points, "moving")
-        with torch.set_grad_enabled(stepping or regulariser == "bending"):
-            terms = ccidir_terms(fwd, bwd, problem, xf, xb, regulariser, weights, config.omega, similarity,
-                                 derivative_method)
+        with torch.set_grad_enabled(stepping or objective.needs_grad):
+            terms = objective.terms(fwd, bwd, problem, xf, xb, config.omega)
         step_seconds = time.perf_counter() - t_step
+        if not torch.isfinite(terms["total"]).item():
+            if previous is None:
+                raise ValueError(f"{pair.name}: the loss of the initial networks is not finite "
+                                 f"({float(terms['total'])}); check the init and the images")
+            with torch.no_grad():
+                for p, q in zip(fwd + bwd, previous[0] + previous[1]):
+                    p.copy_(q)
+            warnings.warn(f"{pair.name}: the loss became non-finite at step {it} (lr={lr:g}); the run stops at the "
+                          f"last finite state (step {it - 1}) and is marked diverged", RuntimeWarning, stacklevel=2)
+            run.diverged = True
+            if rows and rows[-1]["iteration"] == it - 1:
+                rows[-1]["diverged"] = True
+            else:
+                record(it - 1, previous[2], diverged=True)
+            iterations = it - 1
+            break
         # record BEFORE this iteration's update: the state after exactly `it` steps
-        if it in records:  # state after `it` steps; loss terms were evaluated at exactly that state
-            run.forward, run.backward, run.iterations = fwd, bwd, it
-            row = {"iteration": it, "seconds": elapsed, **{k: float(v.detach()) for k, v in terms.items()}}
-            if record_tre and pair.has_landmarks:
-                for est in ("cycle", "forward"):
-                    stats = target_registration_error(run.transform_points(pair.fixed_landmarks, est), pair.moving_landmarks)
-                    suffix = "" if est == "cycle" else "_forward"
-                    row.update({f"tre_{k}{suffix}_mm": v for k, v in stats.items()})
-            rows.append(row)
+        if it in records:  # loss terms were evaluated at exactly that state
+            row = record(it, terms)
             if it < iterations and (len(rows) - 1) % snap_every == 0:
                 run.snapshots[it] = (clone_params([p.cpu() for p in fwd]), clone_params([p.cpu() for p in bwd]))
             if progress and "tre_mean_mm" in row:
                 bar.set_postfix(tre=f"{row['tre_mean_mm']:.2f}mm", loss=f"{row['total']:.3f}")
         if stepping:
             t_step = time.perf_counter()
+            previous = ([p.detach().clone() for p in fwd], [p.detach().clone() for p in bwd],
+                        {k: v.detach() for k, v in terms.items()})
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimiser.step()
@@ -349,5 +440,6 @@ def register(
     run.forward = [p.detach() for p in fwd]
     run.backward = [p.detach() for p in bwd]
     run.iterations = iterations
+    run.snapshots = {k: v for k, v in run.snapshots.items() if k < iterations}
     run.history = pd.DataFrame(rows)
     return run

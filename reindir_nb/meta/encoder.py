@@ -10,7 +10,6 @@ map with ``embedding_length`` channels: for the paper's 336x288x366 patch it is 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["LargeKernelBlock", "Encoder", "bottleneck_plan", "encoder_output_size"]
@@ -95,6 +94,7 @@ class Encoder(nn.Module):
         w = int(width)
         self.patch_size = tuple(int(v) for v in patch_size)
         self.embedding_length = int(embedding_length)
+        self.width = w  # start width (paper Table 1: 6); checkpoints record it
 
         def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
             return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.PReLU(cout))

@@ -23,10 +23,9 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -35,14 +34,21 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..core.files import atomic_path
+from ..core.checks import require_float, require_int
 from ..core.device import get_device, make_generator
-from .encoder import Encoder
-from .infusion import InfusionHeads
-from ..inr.network import Params, SirenConfig, clone_params, init_siren
-from ..inr.objective import LossWeights, Problem, ccidir_terms
+from ..core.files import atomic_path
+from ..core.fingerprint import content_hash, data_identity, mismatch
 from ..core.pair import Pair
 from ..core.profiles import Profile, get_profile
+from ..inr.network import Params, SirenConfig, clone_params, init_siren
+from ..inr.objective import Objective, Problem
+from ..inr.registration import register
+from .encoder import Encoder
+from .infusion import InfusionHeads
+
+# version of the files written by ``.save`` and training checkpoints (plain tensors, numbers,
+# strings, lists and dicts: read with ``torch.load(weights_only=True)``)
+FORMAT_VERSION = 2
 
 __all__ = [
     "ReptileTemplate",
@@ -54,6 +60,10 @@ __all__ = [
     "reptile_update",
     "load",
     "save_atomic",
+    "TrainingFiles",
+    "HeldOut",
+    "Diverged",
+    "FORMAT_VERSION",
 ]
 
 
@@ -86,7 +96,7 @@ class ReptileTemplate:
         return [p.to(dev) for p in self.forward], [p.to(dev) for p in self.backward]
 
     def state(self) -> dict:
-        return {"kind": "reptile", "forward": [p.detach().cpu() for p in self.forward],
+        return {"kind": "reptile", "format_version": FORMAT_VERSION, "forward": [p.detach().cpu() for p in self.forward],
                 "backward": [p.detach().cpu() for p in self.backward],
                 "siren_config": vars(self.siren_config), "info": self.info}
 
@@ -143,8 +153,9 @@ class ReindirModel(nn.Module):
         return out
 
     def state(self) -> dict:
-        return {"kind": "reindir", "template": self.template.state(), "patch_size": list(self.encoder.patch_size),
-                "width": self.encoder.features[0][0].out_channels, "embedding_length": self.encoder.embedding_length,
+        return {"kind": "reindir", "format_version": FORMAT_VERSION, "template": self.template.state(),
+                "patch_size": list(self.encoder.patch_size),
+                "width": self.encoder.width, "embedding_length": self.encoder.embedding_length,
                 "encoder": {k: v.cpu() for k, v in self.encoder.state_dict().items()},
                 "heads": {k: v.cpu() for k, v in self.heads.state_dict().items()}, "info": self.info}
 
@@ -152,31 +163,63 @@ class ReindirModel(nn.Module):
         return save_atomic(self.state(), path)
 
 
-def _template_from_state(state: dict) -> ReptileTemplate:
-    return ReptileTemplate(state["forward"], state["backward"], SirenConfig(**state["siren_config"]), state.get("info", {}))
+def _check_finite(tensors, what: str) -> None:
+    for i, t in enumerate(tensors):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{what}: tensor {i} holds NaN or infinite values")
 
 
-def _model_from_state(state: dict) -> "ReptileTemplate | ReindirModel":
+def _template_from_state(state: dict, where: str = "model") -> ReptileTemplate:
+    _check_finite(state["forward"] + state["backward"], f"{where}: template")
+    return ReptileTemplate(list(state["forward"]), list(state["backward"]), SirenConfig(**state["siren_config"]),
+                           state.get("info", {}))
+
+
+def _model_from_state(state: dict, where: str = "model") -> "ReptileTemplate | ReindirModel":
     if state["kind"] == "reptile":
-        return _template_from_state(state)
-    model = ReindirModel(_template_from_state(state["template"]), tuple(state["patch_size"]), state["width"],
+        return _template_from_state(state, where)
+    model = ReindirModel(_template_from_state(state["template"], where), tuple(state["patch_size"]), state["width"],
                          state["embedding_length"], state.get("info"))
-    model.encoder.load_state_dict(state["encoder"])
-    model.heads.load_state_dict(state["heads"])
+    _check_finite(list(state["encoder"].values()) + list(state["heads"].values()), f"{where}: encoder/heads")
+    try:
+        model.encoder.load_state_dict(state["encoder"])
+        model.heads.load_state_dict(state["heads"])
+    except RuntimeError as err:  # shapes that do not match the stated architecture
+        raise ValueError(f"{where}: encoder/heads do not match width {state['width']}, embedding length "
+                         f"{state['embedding_length']}: {str(err).splitlines()[0]}") from None
     return model
 
 
-def load(path: str | Path) -> "ReptileTemplate | ReindirModel":
-    """Read a model written by ``.save`` (or the model inside a training checkpoint)."""
-    path = Path(path)
+def _read_state(path: Path) -> dict:
+    """A file written by the kit, read safely (``weights_only=True``: no code runs on load)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for crafted files, RuntimeError for others
+        raise ValueError(f"{path}: not a reindir_nb model or checkpoint that can be read safely "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a reindir_nb model (a {type(state).__name__})")
+    return state
+
+
+def load(path: str | Path, embedding_length: int | None = None) -> "ReptileTemplate | ReindirModel":
+    """Read a model written by ``.save`` (or the model inside a training checkpoint). Files are
+    read with ``weights_only=True``; other versions, NaN weights and (with ``embedding_length``)
+    another embedding length are refused with an error naming the path."""
+    path = Path(path)
+    state = _read_state(path)
     if "model" in state and "step" in state:  # a training checkpoint
         state = state["model"]
-    if state.get("kind") not in ("reptile", "reindir"):
-        raise ValueError(f"{path}: not a reindir_nb model (kind {state.get('kind')!r})")
-    return _model_from_state(state)
+    if not isinstance(state, dict) or state.get("kind") not in ("reptile", "reindir"):
+        raise ValueError(f"{path}: not a reindir_nb model (kind {state.get('kind') if isinstance(state, dict) else None!r})")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: written by another version of the kit (format {state.get('format_version')}, "
+                         f"this kit reads {FORMAT_VERSION}); retrain or re-save it")
+    if embedding_length is not None and state["kind"] == "reindir" and state["embedding_length"] != embedding_length:
+        raise ValueError(f"{path}: embedding length {state['embedding_length']}, expected {embedding_length}")
+    return _model_from_state(state, str(path))
 
 
 # -------------------------------------------------------------------------------- training
@@ -195,9 +238,8 @@ class TrainSettings:
     anneal_eps: bool = False        # eps decays linearly to 0 over training
     scale_range: tuple[float, float] = (0.8, 1.2)
     scale_augment: bool = True
-    regulariser: str = "jacobian"
-    weights: LossWeights = LossWeights()
-    omega: float = 30.0
+    objective: Objective = Objective()   # the same objective configuration as ``register``
+    siren: SirenConfig = SirenConfig()  # the networks (omega lives here only)
     # Which loss trains the encoder (REINDIR). "adapted": the loss of the adapted INRs with the
     # embedding re-attached (Algorithm 1, first order). "template": the zero-shot loss of the
     # infused templates, taken from the first inner step's backward (no extra INR evaluation).
@@ -209,11 +251,38 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.encoder_loss_at not in ("adapted", "template"):
             raise ValueError(f"encoder_loss_at must be 'adapted' or 'template', got {self.encoder_loss_at!r}")
+        require_int(self.outer_steps, "outer_steps", 0)  # 0: an untrained model (REINDIR == its template)
+        require_int(self.inner_steps, "inner_steps", 1)
+        require_int(self.inner_points, "inner_points", 1)
+        require_int(self.warmup_steps, "warmup_steps", 0)
+        require_int(self.cycles, "cycles", 1)
+        require_float(self.inner_lr, "inner_lr", positive=True)
+        require_float(self.encoder_lr, "encoder_lr", positive=True)
+        require_float(self.eps, "eps", minimum=0.0)
+        lo, hi = (require_float(v, "scale_range", positive=True) for v in self.scale_range)
+        if lo > hi:
+            raise ValueError(f"scale_range must be (low, high) with low <= high, got {self.scale_range}")
+        if not isinstance(self.objective, Objective):
+            raise TypeError(f"objective must be an Objective, got {type(self.objective).__name__}")
+        if not isinstance(self.siren, SirenConfig):
+            raise TypeError(f"siren must be a SirenConfig, got {type(self.siren).__name__}")
+
+    def fingerprint(self) -> dict[str, str]:
+        """Every field as a string (what a checkpoint records and a resume compares)."""
+        return {f.name: repr(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def for_profile(cls, profile: "str | Profile", **changes) -> "TrainSettings":
-        """Paper values for ``paper``; CPU-sized steps for ``demo``/``smoke`` (see README)."""
+        """Paper values for ``paper``; CPU-sized steps for ``demo``/``smoke`` (see README).
+        ``changes`` override fields; the objective's own fields (``similarity``, ``regulariser``,
+        ``weights``, ``derivative_method``) may be given directly as a short form."""
         prof = get_profile(profile)
+        short = {k: changes.pop(k) for k in [f.name for f in fields(Objective)] if k in changes}
+        if short:
+            changes["objective"] = replace(changes.get("objective", Objective()), **short)
+        unknown = sorted(set(changes) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown training settings {unknown}; known: {sorted(f.name for f in fields(cls))}")
         base = dict(outer_steps=prof.outer_steps, inner_steps=prof.inner_steps, inner_points=prof.inner_points)
         if prof.name != "paper":
             # a few hundred outer steps on a CPU instead of 22750: a larger encoder lr and a short
@@ -252,6 +321,15 @@ def _as_cohorts(cohorts) -> dict[str, list[Pair]]:
     return out
 
 
+class Diverged(RuntimeError):
+    """A meta-training loss became non-finite."""
+
+
+def _require_finite(value: Tensor, what: str) -> None:
+    if not torch.isfinite(value).all():
+        raise Diverged(f"{what} is not finite ({float(value.detach().reshape(-1)[0])})")
+
+
 class _Trainer:
     """State of one meta-training run (templates, encoder, optimiser, generators, log)."""
 
@@ -260,12 +338,12 @@ class _Trainer:
                  start: ReptileTemplate | None = None):
         self.kind, self.cohorts, self.settings, self.profile = kind, cohorts, settings, profile
         self.device, self.seed, self.step = device, seed, 0
-        config = SirenConfig(omega=settings.omega)
+        config = settings.siren
         gen = make_generator(seed)
         template = ReptileTemplate(init_siren(config, gen), init_siren(config, gen), config)
         if start is not None:  # warm start: a copy of a trained template
-            if start.siren_config.omega != settings.omega:
-                raise ValueError(f"start template has omega {start.siren_config.omega}, settings {settings.omega}")
+            if start.siren_config != config:
+                raise ValueError(f"start template has networks {start.siren_config}, settings {config}")
             template = ReptileTemplate([p.detach().clone() for p in start.forward],
                                        [p.detach().clone() for p in start.backward], start.siren_config)
         self.model: ReptileTemplate | ReindirModel = template
@@ -303,7 +381,7 @@ class _Trainer:
         s = self.settings
         xf = problem.sample_points(s.inner_points, self.points, "fixed")
         xb = problem.sample_points(s.inner_points, self.points, "moving")
-        return ccidir_terms(forward, backward, problem, xf, xb, s.regulariser, s.weights, s.omega)
+        return s.objective.terms(forward, backward, problem, xf, xb, s.siren.omega)
 
     def adapt(self, problem: Problem, encoder_grad: bool = False) -> tuple[Params, Params, float, dict | None]:
         """Inner loop: ``inner_steps`` SGD steps from the templates (REINDIR: on the infused weights,
@@ -330,6 +408,7 @@ class _Trainer:
             else:
                 used = self.model.heads.modulated(mods if (i == 0 and encoder_grad) else frozen, fwd, bwd)
             total = self._loss(*used, problem)["total"]
+            _require_finite(total, f"inner step {i}")
             if i == 0:
                 first = float(total.detach())
             sgd.zero_grad(set_to_none=True)
@@ -342,6 +421,7 @@ class _Trainer:
         fixed) infused with the embedding re-attached; one Adam step on encoder + heads only."""
         adapted = [p.detach() for p in forward], [p.detach() for p in backward]
         total = self._loss(*self.model.infused(self.model.embed(problem), *adapted), problem)["total"]
+        _require_finite(total, "encoder loss")
         self.optimiser.zero_grad(set_to_none=True)
         total.backward()
         self.optimiser.step()
@@ -360,11 +440,22 @@ class _Trainer:
             if at_template:
                 self.optimiser.step()  # the gradient of the first inner step's (zero-shot) loss
             used = (fwd, bwd) if mods is None else self.model.heads.modulated(mods, fwd, bwd)
-            with torch.set_grad_enabled(self.settings.regulariser == "bending"):  # for the log
+            with torch.set_grad_enabled(self.settings.objective.needs_grad):  # for the log
                 adapted_loss = float(self._loss(*used, problem)["total"].detach())
+        _require_finite(torch.tensor(adapted_loss), "adapted loss")
         return fwd, bwd, {"loss_first": first, "loss_adapted": adapted_loss}
 
     def outer_step(self) -> dict:
+        """One outer step over every set; on a non-finite loss the trainer is put back to the
+        state before the step and :class:`Diverged` is raised."""
+        before = copy.deepcopy(self.checkpoint_state(with_log=False))
+        try:
+            return self._outer_step()
+        except Diverged as err:
+            self.restore({**before, "log": self.log_rows})
+            raise Diverged(f"outer step {self.step}: {err}") from None
+
+    def _outer_step(self) -> dict:
         t0 = time.perf_counter()
         adapted_f, adapted_b, row = [], [], {"step": self.step}
         for name in sorted(self.cohorts):
@@ -392,13 +483,13 @@ class _Trainer:
         return row
 
     # --------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> dict:
+    def checkpoint_state(self, with_log: bool = True) -> dict:
         return {
             "step": self.step, "kind": self.kind, "model": self.model.state(), "elapsed": self.elapsed,
             "optimiser": None if self.optimiser is None else self.optimiser.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "rng": self.rng.bit_generator.state, "points": self.points.get_state(), "log": self.log_rows,
-            "torch_rng": torch.get_rng_state(),
+            "rng": self.rng.bit_generator.state, "points": self.points.get_state(),
+            "log": self.log_rows if with_log else [], "torch_rng": torch.get_rng_state(),
         }
 
     def restore(self, state: dict) -> None:
@@ -430,70 +521,173 @@ def _write_log(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _train(kind: str, cohorts, profile, seed: int, device, checkpoint: str | Path | None, checkpoint_every: int,
-           log_path: str | Path | None, resume: bool, progress: bool, width: int | None,
-           embedding_length: int | None, stop_after: int | None, start=None, **changes):
+@dataclass(frozen=True)
+class TrainingFiles:
+    """Where a training run writes: ``checkpoint`` (every ``checkpoint_every`` outer steps and at
+    the end; with ``resume`` an existing one for the SAME fingerprint is continued, one for other
+    inputs is an error; ``resume=False`` starts over and overwrites it) and the CSV ``log``."""
+
+    checkpoint: Path | None = None
+    checkpoint_every: int = 25
+    log: Path | None = None
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        require_int(self.checkpoint_every, "checkpoint_every", 1)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Pairs never trained on whose zero-shot TRE (mm, mean over pairs, iteration 0 of
+    ``register``) is logged every ``every`` outer steps as ``heldout_tre_mm``: the curve that
+    shows whether the start is learning, not only the loss."""
+
+    pairs: tuple[Pair, ...]
+    every: int = 25
+
+    def __post_init__(self) -> None:
+        require_int(self.every, "heldout_every", 1)
+        if not self.pairs or not all(p.has_landmarks for p in self.pairs):
+            raise ValueError("held-out pairs must be a non-empty list of pairs with landmarks")
+
+
+def _fingerprint(kind: str, trainer: "_Trainer", start: ReptileTemplate | None) -> dict[str, str]:
+    """Everything that determines a training result (settings, profile, seed, architecture, the
+    data's names and contents, the warm start)."""
+    out = {"kind": kind, "profile": trainer.profile.name, "seed": str(trainer.seed),
+           "data": data_identity(p for ps in trainer.cohorts.values() for p in ps),
+           "sets": ",".join(f"{k}:{len(v)}" for k, v in sorted(trainer.cohorts.items())),
+           "start": "none" if start is None else content_hash(list(start.forward) + list(start.backward))}
+    if isinstance(trainer.model, ReindirModel):
+        out.update(width=str(trainer.model.encoder.width), embedding_length=str(trainer.model.encoder.embedding_length))
+    out.update({f"settings.{k}": v for k, v in trainer.settings.fingerprint().items() if k != "outer_steps"})
+    return out
+
+
+def _heldout_tre(model, heldout: HeldOut) -> float:
+    """Mean zero-shot TRE (mm) of ``model`` over the held-out pairs (no test-time step)."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    tres = [float(register(p, init=model, iterations=0, progress=False, prealign="none", safe_start=False)
+                  .history["tre_mean_mm"].iloc[0]) for p in heldout.pairs]
+    if was_training:
+        model.train()
+    return float(np.mean(tres))
+
+
+def _resume(trainer: "_Trainer", files: TrainingFiles, fingerprint: dict[str, str]) -> None:
+    """Continue from ``files.checkpoint`` when it was written for the same fingerprint."""
+    if not (files.resume and files.checkpoint is not None and files.checkpoint.is_file()):
+        return
+    state = _read_state(files.checkpoint)
+    if state.get("format_version") != FORMAT_VERSION or "fingerprint" not in state:
+        raise ValueError(f"{files.checkpoint}: a checkpoint of another kit version; pass resume=False to start over "
+                         "(it will be overwritten)")
+    differs = mismatch(state["fingerprint"], fingerprint)
+    if differs:
+        raise ValueError(f"{files.checkpoint}: written for other inputs, so it cannot be resumed:\n  "
+                         + "\n  ".join(differs) + "\npass resume=False to start over (the checkpoint is overwritten)")
+    if state["step"] > trainer.settings.outer_steps:
+        raise ValueError(f"{files.checkpoint}: already at outer step {state['step']} > outer_steps "
+                         f"{trainer.settings.outer_steps}; pass resume=False to start over")
+    trainer.restore(state)
+
+
+def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, files: TrainingFiles, progress: bool,
+           stop_after: int | None, architecture: tuple[int | None, int | None] = (None, None),
+           start: "ReptileTemplate | str | Path | None" = None, heldout: HeldOut | None = None,
+           **changes) -> "ReptileTemplate | ReindirModel":
     prof = get_profile(profile)
+    seed = require_int(seed, "seed", 0)
+    if stop_after is not None:
+        stop_after = require_int(stop_after, "stop_after", 0)
     if isinstance(start, (str, Path)):
         start = load(start)
     if start is not None and not isinstance(start, ReptileTemplate):
         raise ValueError(f"start must be a Reptile template (or its file), got {type(start).__name__}")
     settings = TrainSettings.for_profile(prof, **changes)
+    width, embedding_length = architecture
     trainer = _Trainer(kind, _as_cohorts(cohorts), settings, prof, seed, get_device(device),
                        width or prof.encoder_width, embedding_length or prof.embedding_length, start)
-    checkpoint = Path(checkpoint) if checkpoint else None
-    if resume and checkpoint is not None and checkpoint.is_file():
-        trainer.restore(torch.load(checkpoint, map_location="cpu", weights_only=False))
-    log_path = Path(log_path) if log_path else None
-    if log_path:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(kind, trainer, start)
+    _resume(trainer, files, fingerprint)
+    if files.log:
+        files.log.parent.mkdir(parents=True, exist_ok=True)
     last = settings.outer_steps if stop_after is None else min(settings.outer_steps, stop_after)
+    diverged = None
     bar = tqdm(total=settings.outer_steps, initial=trainer.step, desc=f"{kind} ({prof.name})", disable=not progress)
     while trainer.step < last:
-        row = trainer.outer_step()
+        try:
+            row = trainer.outer_step()
+        except Diverged as err:
+            diverged = str(err)
+            warnings.warn(f"{kind} training stopped: {err}; the model is the last finite state (outer step "
+                          f"{trainer.step}){'' if files.checkpoint is None else f', {files.checkpoint} keeps it'}",
+                          RuntimeWarning, stacklevel=3)
+            break
+        if heldout is not None and (trainer.step % heldout.every == 0 or trainer.step == last):
+            row["heldout_tre_mm"] = _heldout_tre(trainer.model, heldout)
         bar.update(1)
         bar.set_postfix(loss=np.mean([v for k, v in row.items() if k.endswith("loss_adapted")]))
-        if log_path:
-            _write_log(trainer.log_rows, log_path)
-        if checkpoint is not None and (trainer.step % checkpoint_every == 0 or trainer.step == last):
-            save_atomic(trainer.checkpoint_state(), checkpoint)
+        if files.log:
+            _write_log(trainer.log_rows, files.log)
+        if files.checkpoint is not None and (trainer.step % files.checkpoint_every == 0 or trainer.step == last):
+            save_atomic({**trainer.checkpoint_state(), "format_version": FORMAT_VERSION,
+                         "fingerprint": fingerprint}, files.checkpoint)
     bar.close()
     model = trainer.model
     info = {"profile": prof.name, "outer_steps": trainer.step, "seconds": trainer.elapsed, "seed": seed,
             "sets": sorted(trainer.cohorts), "settings": {k: str(v) for k, v in vars(settings).items()},
-            "start": None if start is None else dict(start.info)}
-    if isinstance(model, ReptileTemplate):
-        model.info = info
-    else:
-        model.info = info
+            "start": None if start is None else dict(start.info), "fingerprint": fingerprint,
+            "diverged": diverged}
+    model.info = info
+    if isinstance(model, ReindirModel):
         model.template.info = info
         model.eval()
     return model
 
 
+def _files(checkpoint, checkpoint_every, log_path, resume) -> TrainingFiles:
+    return TrainingFiles(Path(checkpoint) if checkpoint else None, checkpoint_every,
+                         Path(log_path) if log_path else None, bool(resume))
+
+
+def _heldout(pairs: Sequence[Pair] | None, every: int) -> HeldOut | None:
+    return None if not pairs else HeldOut(tuple(pairs), every)
+
+
 def train_reptile(cohorts, profile: "str | Profile" = "demo", seed: int = 0, device=None,
                   checkpoint: str | Path | None = None, checkpoint_every: int = 25, log_path: str | Path | None = None,
-                  resume: bool = True, progress: bool = True, stop_after: int | None = None, **settings) -> ReptileTemplate:
+                  resume: bool = True, progress: bool = True, stop_after: int | None = None,
+                  heldout: Sequence[Pair] | None = None, heldout_every: int = 25, **settings) -> ReptileTemplate:
     """Reptile templates for both INRs. ``cohorts``: {set name: [prepared Pair, ...]} (or a list of
-    pairs, grouped by ``dataset``); ``settings`` override :class:`TrainSettings` fields.
-    ``checkpoint`` is written every ``checkpoint_every`` steps and at the end; with ``resume`` an
-    existing checkpoint is continued. ``stop_after`` ends early (to test resuming)."""
-    return _train("reptile", cohorts, profile, seed, device, checkpoint, checkpoint_every, log_path, resume,
-                  progress, None, None, stop_after, **settings)
+    pairs, grouped by ``dataset``); ``settings`` override :class:`TrainSettings` fields (and the
+    objective's, e.g. ``similarity="lncc"``). ``checkpoint`` is written every
+    ``checkpoint_every`` steps and at the end; with ``resume`` an existing checkpoint written for
+    the same inputs is continued (other inputs: an error naming what differs; ``resume=False``
+    starts over). ``heldout`` pairs: their zero-shot TRE is logged every ``heldout_every`` steps.
+    ``stop_after`` ends early (to test resuming). A non-finite loss stops training with a warning;
+    ``model.info["diverged"]`` says where."""
+    return _train("reptile", cohorts, profile, seed, device, _files(checkpoint, checkpoint_every, log_path, resume),
+                  progress, stop_after, heldout=_heldout(heldout, heldout_every), **settings)
 
 
 def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, device=None,
                   checkpoint: str | Path | None = None, checkpoint_every: int = 25, log_path: str | Path | None = None,
                   resume: bool = True, progress: bool = True, width: int | None = None,
                   embedding_length: int | None = None, stop_after: int | None = None,
-                  start: "ReptileTemplate | str | Path | None" = None, **settings) -> ReindirModel:
+                  start: "ReptileTemplate | str | Path | None" = None, heldout: Sequence[Pair] | None = None,
+                  heldout_every: int = 25, **settings) -> ReindirModel:
     """REINDIR (encoder + infusion heads + templates), Algorithm 1 with the Reptile sign fixed.
+    Arguments as :func:`train_reptile`, plus the encoder's ``width`` and ``embedding_length``.
 
     ``start``: a trained Reptile template (or its file) to start the templates from instead of a
     fresh initialisation (a CPU shortcut: the paper trains everything from scratch; with a small
     ``eps`` the encoder then learns against a nearly stationary template)."""
-    return _train("reindir", cohorts, profile, seed, device, checkpoint, checkpoint_every, log_path, resume,
-                  progress, width, embedding_length, stop_after, start=start, **settings)
+    return _train("reindir", cohorts, profile, seed, device, _files(checkpoint, checkpoint_every, log_path, resume),
+                  progress, stop_after, (width, embedding_length), start=start,
+                  heldout=_heldout(heldout, heldout_every), **settings)
 
 
 def train_folds(pairs: Sequence[Pair], folder: str | Path, kind: str = "reindir", k: int = 5, seed: int = 0,

@@ -18,14 +18,11 @@ phase and there are no landmarks, so :func:`thorax_ct_pair` builds a pair with k
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from ..core.files import atomic_path
 from ..core.geometry import Grid
 from .landmarks import detect_landmarks, lung_mask_for_landmarks
 from .motion import BreathingMotion, ThoraxFrame, warp_image
@@ -39,7 +36,6 @@ __all__ = [
     "thorax_ct_path",
     "load_thorax_ct",
     "thorax_ct_pair",
-    "plot_landmarks_on_anatomy",
 ]
 
 LABEL = "real anatomy, simulated motion"
@@ -154,76 +150,3 @@ def thorax_ct_pair(
             "landmarks": "automatic (Foerstner structure tensor) at vessel bifurcations inside the lungs",
         },
     )
-
-
-# ---------------------------------------------------------------------------- figure
-def plot_landmarks_on_anatomy(pair: Pair, path: str | Path, slab_mm: float = 4.0, dpi: int = 110) -> Path:
-    """Save a PNG: fixed axial and coronal slices with the fixed landmarks within ``+-slab_mm/2``,
-    a zoom on one lung, and the moving coronal slice with the moving landmarks. Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    if not pair.has_landmarks:
-        raise ValueError(f"{pair.name}: no landmarks to plot")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fixed, moving = pair.fixed, pair.moving
-    grid = fixed.grid
-    if not np.allclose(grid.direction, np.eye(3), atol=1e-6):
-        raise ValueError(f"{pair.name}: plot_landmarks_on_anatomy expects an axis-aligned image")
-    fl = grid.world_to_index(pair.fixed_landmarks)
-    ml = moving.grid.world_to_index(pair.moving_landmarks)
-    sx, sy, sz = grid.spacing
-    # slices through the densest landmark levels
-    z = int(np.clip(np.round(np.median(fl[:, 2])), 0, grid.shape[0] - 1))
-    y = int(np.clip(np.round(np.median(fl[:, 1])), 0, grid.shape[1] - 1))
-    half_z, half_y = slab_mm / 2 / sz, slab_mm / 2 / sy
-    win = dict(cmap="gray", vmin=-1000, vmax=200)
-    fig, ax = plt.subplots(2, 2, figsize=(12, 11))
-    a = ax[0, 0]
-    a.imshow(fixed.array[z], **win, extent=(-0.5, grid.shape[2] - 0.5, grid.shape[1] - 0.5, -0.5), aspect=sy / sx)
-    sel = np.abs(fl[:, 2] - z) <= half_z
-    a.scatter(fl[sel, 0], fl[sel, 1], s=40, facecolors="none", edgecolors="red", linewidths=1.2)
-    z_mm = grid.index_to_world([[0, 0, z]])[0, 2]
-    a.set_title(f"fixed (real CT), axial z={z_mm:.0f} mm: {sel.sum()} landmarks in a {slab_mm:g} mm slab")
-    a = ax[0, 1]
-    a.imshow(fixed.array[:, y], **win, origin="lower", aspect=sz / sx)
-    sel_c = np.abs(fl[:, 1] - y) <= half_y
-    a.scatter(fl[sel_c, 0], fl[sel_c, 2], s=40, facecolors="none", edgecolors="red", linewidths=1.2)
-    a.set_title(f"fixed, coronal y={grid.index_to_world([[0, y, 0]])[0, 1]:.0f} mm: {sel_c.sum()} landmarks")
-    # zoom on the image-left lung (patient right) of the axial slice
-    a = ax[1, 0]
-    lung_slice = pair.fixed_mask.array[z] > 0 if pair.fixed_mask is not None else np.ones(grid.shape[1:], bool)
-    lung_cols, lung_rows = np.flatnonzero(lung_slice.any(axis=0)), np.flatnonzero(lung_slice.any(axis=1))
-    if len(lung_cols) == 0:
-        lung_cols, lung_rows = np.arange(grid.shape[2]), np.arange(grid.shape[1])
-    x0, x1 = max(lung_cols.min() - 3, 0), min((lung_cols.min() + lung_cols.max()) // 2 + 3, grid.shape[2] - 1)
-    y0, y1 = max(lung_rows.min() - 3, 0), min(lung_rows.max() + 3, grid.shape[1] - 1)
-    a.imshow(fixed.array[z, y0 : y1 + 1, x0 : x1 + 1], cmap="gray", vmin=-1000, vmax=0,
-             extent=(x0 - 0.5, x1 + 0.5, y1 + 0.5, y0 - 0.5), aspect=sy / sx)
-    zs = sel & (fl[:, 0] >= x0) & (fl[:, 0] <= x1) & (fl[:, 1] >= y0) & (fl[:, 1] <= y1)
-    a.scatter(fl[zs, 0], fl[zs, 1], s=160, facecolors="none", edgecolors="red", linewidths=1.5)
-    a.set_title("zoom (lung window): landmarks at vessel bifurcations")
-    a = ax[1, 1]
-    ym = int(np.clip(np.round(np.median(ml[:, 1])), 0, moving.grid.shape[1] - 1))
-    a.imshow(moving.array[:, ym], **win, origin="lower", aspect=moving.grid.spacing[2] / moving.grid.spacing[0])
-    sel_m = np.abs(ml[:, 1] - ym) <= slab_mm / 2 / moving.grid.spacing[1]
-    a.scatter(ml[sel_m, 0], ml[sel_m, 2], s=40, facecolors="none", edgecolors="cyan", linewidths=1.2)
-    a.set_title(f"moving (simulated exhale), coronal: {sel_m.sum()} moved landmarks")
-    for a in ax.ravel():
-        a.set_xticks([])
-        a.set_yticks([])
-    label = pair.meta.get("label", "")
-    d = pair.initial_distances()
-    fig.suptitle(
-        f"{pair.name} — {label}\n{len(d)} landmarks, initial distance mean {d.mean():.1f} mm, max {d.max():.1f} mm"
-    )
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi)
-    finally:
-        plt.close(fig)
-    return path

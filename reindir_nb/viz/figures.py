@@ -9,15 +9,18 @@ seed x iteration; errors in mm, times in seconds) and, for the qualitative figur
 :class:`~reindir_nb.pair.Pair` with the predicted positions of its fixed landmarks in the
 moving image (world mm) per method, as stored by the sweep (``evaluate.load_points``).
 
-Qualitative panels show a slice of the MOVING image: the true moving landmarks (pink) and
-the method's prediction ``phi(l_fixed)`` (teal), joined by black lines whose length is the
-residual error. Without registration ``phi`` is the identity, so teal are the fixed landmarks.
+Qualitative panels show a slice of the MOVING image (slicing convention of
+:mod:`reindir_nb.viz.slicing`: coronal and sagittal with superior on top): the true moving
+landmarks (pink) and the method's prediction ``phi(l_fixed)`` (teal, the paper's colour of the
+fixed landmarks), joined by black lines whose length is the residual error. Without
+registration ``phi`` is the identity, so teal are the fixed landmarks. Colours come from
+:mod:`reindir_nb.viz.palette`. The landmarks-on-anatomy plot of the bundled thorax CT is
+:func:`plot_landmarks_on_anatomy` (from :mod:`reindir_nb.viz.anatomy`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,10 @@ from matplotlib.figure import Figure
 from ..core.files import atomic_path
 from ..core.metrics import per_pair_gain
 from ..core.pair import Pair
+from . import palette
+from .anatomy import anatomy_figure, plot_landmarks_on_anatomy
+from .palette import METHOD_COLOURS, method_colour
+from .slicing import check_axis, median_slice, project_points, show_slice, slice_depth, slice_spacing, take_slice
 
 __all__ = [
     "METHOD_COLOURS",
@@ -49,23 +56,12 @@ __all__ = [
     "best_median_worst",
     "runtime_table",
     "paper_figures",
+    "anatomy_figure",
+    "plot_landmarks_on_anatomy",
 ]
 
-METHOD_COLOURS: dict[str, str] = {
-    "No registration": "#7f7f7f",
-    "ccIDIR": "#1f77b4",
-    "Random": "#1f77b4",
-    "Reptile": "#2ca02c",
-    "REINDIR": "#ff7f0e",
-    "VoxelMorph": "#d62728",
-    "elastix": "#9467bd",
-}
-FIXED_COLOUR = "#00a6a6"   # teal: fixed landmarks / predictions phi(l_fixed)
-MOVING_COLOUR = "#ff3ea5"  # pink: moving landmarks
-
-
-def _colour(method: str, index: int) -> str:
-    return METHOD_COLOURS.get(method, f"C{index % 10}")
+FIXED_COLOUR = palette.FIXED    # teal: fixed landmarks / predictions phi(l_fixed) (older name)
+MOVING_COLOUR = palette.MOVING  # pink: moving landmarks (older name)
 
 
 # ----------------------------------------------------------------------- saving
@@ -146,7 +142,7 @@ def registration_error_curves(
         sub = curves[curves["dataset"] == ds]
         for i, method in enumerate(_ordered_methods(sub["method"].unique())):
             m = sub[sub["method"] == method].sort_values("iteration")
-            c = _colour(method, i)
+            c = method_colour(method, i)
             for row, x in ((0, m["iteration"]), (1, m["seconds"])):
                 ax = axes[row, col]
                 ax.plot(x, m["median"], color=c, lw=1.8, marker="o", ms=3, label=method)
@@ -188,7 +184,7 @@ def registration_error_curves_plotly(
         sub = curves[curves["dataset"] == ds]
         for i, method in enumerate(_ordered_methods(sub["method"].unique())):
             m = sub[sub["method"] == method].sort_values("iteration")
-            c = _colour(method, i)
+            c = method_colour(method, i)
             xs = m[x].to_numpy()
             fig.add_trace(go.Scatter(x=np.r_[xs, xs[::-1]], y=np.r_[m["max"], m["min"][::-1]], fill="toself",
                                      fillcolor=c, opacity=0.2, line=dict(width=0), hoverinfo="skip",
@@ -226,17 +222,6 @@ def _points_of(value: Any, fixed_landmarks: np.ndarray, iteration: int | None) -
     return pts
 
 
-def _slice_choice(pair: Pair, axis: str) -> tuple[int, int]:
-    """(array axis, index) of the moving-image slice through the landmarks' median position."""
-    axes = {"axial": 0, "coronal": 1, "sagittal": 2}
-    if axis not in axes:
-        raise ValueError(f"slice axis must be one of {sorted(axes)}, got {axis!r}")
-    a = axes[axis]
-    idx = pair.moving.grid.world_to_index(pair.moving_landmarks)[:, ::-1]  # (z, y, x)
-    centre = int(np.clip(np.round(np.median(idx[:, a])), 0, pair.moving.grid.shape[a] - 1))
-    return a, centre
-
-
 def landmark_panel(
     ax,
     pair: Pair,
@@ -248,39 +233,35 @@ def landmark_panel(
 ) -> float:
     """Draw one qualitative panel on ``ax``; returns the mean landmark error (mm, all landmarks).
 
-    The moving image's slice through the landmarks' median position is shown with the correct
-    aspect (pixel spacing); landmarks within ``slab_mm`` of the slice (default 3 voxels) are
-    projected onto it through the moving Grid: pink = true moving landmarks, teal = predicted
-    ``phi(l_fixed)``, black lines between them. The mean error is written bottom left."""
+    The moving image's slice through the landmarks' median depth is shown with the mm aspect
+    (:func:`reindir_nb.viz.slicing.show_slice`); landmarks within ``slab_mm`` of the slice
+    (default 3 slices) are projected onto it through the moving Grid: pink = true moving
+    landmarks, teal = predicted ``phi(l_fixed)``, black lines between them. The mean error is
+    written bottom left."""
     if not pair.has_landmarks:
         raise ValueError(f"{pair.name}: qualitative panels need landmarks")
+    check_axis(axis)
     grid = pair.moving.grid
-    a, centre = _slice_choice(pair, axis)
-    img = np.take(np.asarray(pair.moving.array, dtype=np.float64), centre, axis=a)  # 2D
-    # in-plane axes in (z, y, x) array order; spacing per array axis is spacing[::-1]
-    plane = [d for d in range(3) if d != a]
-    sp = np.asarray(grid.spacing)[::-1]
-    rows_ax, cols_ax = plane  # image rows, image columns
+    centre = median_slice(pair.moving_landmarks, grid, axis)
+    img = take_slice(np.asarray(pair.moving.array, dtype=np.float64), axis, centre)
     lo, hi = np.percentile(img, [1, 99])
-    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower" if a != 0 else "upper",
-              aspect=sp[rows_ax] / sp[cols_ax], interpolation="nearest")
+    show_slice(ax, img, grid, axis, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
     pred = np.asarray(predicted_mm, dtype=np.float64)
     err = np.linalg.norm(pred - pair.moving_landmarks, axis=1)
-    idx_m = grid.world_to_index(pair.moving_landmarks)[:, ::-1]
-    idx_p = grid.world_to_index(pred)[:, ::-1]
-    slab = (3.0 * sp[a]) if slab_mm is None else slab_mm
-    near = np.flatnonzero(np.abs(idx_m[:, a] - centre) * sp[a] <= slab)
+    px_m = project_points(pair.moving_landmarks, grid, axis)
+    px_p = project_points(pred, grid, axis)
+    off = np.abs(slice_depth(pair.moving_landmarks, grid, axis) - centre)  # slices from the shown one
+    spacing = slice_spacing(grid, axis)
+    slab = 3.0 * spacing if slab_mm is None else slab_mm
+    near = np.flatnonzero(off * spacing <= slab)
     if len(near) < min(5, len(err)):  # thin slab: take the landmarks closest to the slice
-        near = np.argsort(np.abs(idx_m[:, a] - centre))[: min(max_points, len(err))]
+        near = np.argsort(off)[: min(max_points, len(err))]
     near = near[:: max(1, int(np.ceil(len(near) / max_points)))]
     halo = [patheffects.withStroke(linewidth=2.4, foreground="white")]  # black lines stay visible on dark lung
     for i in near:
-        ax.plot([idx_p[i, cols_ax], idx_m[i, cols_ax]], [idx_p[i, rows_ax], idx_m[i, rows_ax]], color="k", lw=0.9,
-                path_effects=halo)
-    ax.scatter(idx_p[near, cols_ax], idx_p[near, rows_ax], s=10, c=FIXED_COLOUR, zorder=3, linewidths=0)
-    ax.scatter(idx_m[near, cols_ax], idx_m[near, rows_ax], s=10, c=MOVING_COLOUR, zorder=3, linewidths=0)
-    ax.set_xlim(-0.5, img.shape[1] - 0.5)
-    ax.set_ylim(-0.5, img.shape[0] - 0.5) if a != 0 else ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        ax.plot([px_p[i, 0], px_m[i, 0]], [px_p[i, 1], px_m[i, 1]], color=palette.LINK, lw=0.9, path_effects=halo)
+    ax.scatter(px_p[near, 0], px_p[near, 1], s=10, c=palette.FIXED, zorder=3, linewidths=0)
+    ax.scatter(px_m[near, 0], px_m[near, 1], s=10, c=palette.MOVING, zorder=3, linewidths=0)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
@@ -507,7 +488,7 @@ def runtime_tradeoff(
         for i, method in enumerate(_ordered_methods(curves["method"].unique())):
             m = curves[curves["method"] == method].groupby("iteration").agg(
                 median=("median", "mean"), min=("min", "mean"), max=("max", "mean"), seconds=("seconds", "mean"))
-            c = _colour(method, i)
+            c = method_colour(method, i)
             ax.plot(m["seconds"], m["median"], color=c, marker="o", ms=3, label=method)
             ax.fill_between(m["seconds"], m["min"], m["max"], color=c, alpha=0.2, lw=0)
             if "encoder_seconds" in t:
@@ -516,7 +497,7 @@ def runtime_tradeoff(
                     ax.axvline(enc, color=c, ls="--", lw=1.2)
         classic = t[t["iteration"] < 0]
         for j, (method, g) in enumerate(classic.groupby("method")):
-            ax.scatter([g["seconds"].median()], [g[metric].median()], color=_colour(method, j), marker="s", s=30,
+            ax.scatter([g["seconds"].median()], [g[metric].median()], color=method_colour(method, j), marker="s", s=30,
                        label=f"{method} (converged)", zorder=4)
         ax.set_title(title + (f" ({dataset})" if dataset else ""))
         ax.set_xlabel("test-time runtime incl. encoder (s)")

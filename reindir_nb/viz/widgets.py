@@ -1,4 +1,8 @@
-"""Interactive viewers (ipywidgets 8 + matplotlib) for pairs and registrations.
+"""Interactive viewers (ipywidgets 8 + matplotlib) for pairs and registrations: ``rn.widgets``.
+
+This module holds :class:`SliceScrubber` and re-exports the linked explorers
+(:class:`PairExplorer`, :class:`LandmarkErrorExplorer`, :class:`IterationScrubber`,
+:class:`LinkedState`) and the slicing helpers of :mod:`reindir_nb.viz.slicing`.
 
 Everything is shown on the FIXED image's grid; moving-side images are resampled there in
 world coordinates (never index to index), landmarks (world mm) are projected through the
@@ -13,9 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.geometry import Grid
 from ..core.pair import Pair
-from ..core.volume import Volume
+from .iteration_scrubber import IterationScrubber
+from .landmark_explorer import LandmarkErrorExplorer
+from .linked import LinkedState
+from .pair_explorer import PairExplorer
+from .palette import FIXED, MOVING
+from .slicing import (AXES, checkerboard, landmarks_in_slab, resample_onto, show_slice, slice_aspect, slice_count,
+                      take_slice)
 
 __all__ = [
     "AXES",
@@ -27,57 +36,13 @@ __all__ = [
     "landmarks_in_slab",
     "checkerboard",
     "SliceScrubber",
+    "PairExplorer",
+    "LandmarkErrorExplorer",
+    "IterationScrubber",
+    "LinkedState",
 ]
 
-AXES = ("axial", "coronal", "sagittal")
-TEAL, PINK = "#009999", "#ff3399"  # fixed / moving landmark colours (paper figures)
-_AXIS_OF = {"axial": 0, "coronal": 1, "sagittal": 2}  # array axis (z, y, x) held constant
-
-
-def resample_onto(volume: Volume, grid: Grid, order: int = 1) -> np.ndarray:
-    """``volume`` sampled at the voxel centres of ``grid`` (world coordinates), array (z, y, x)."""
-    if volume.grid.same_as(grid):
-        return np.asarray(volume.array, dtype=np.float32)
-    pts = grid.voxel_centres_world().reshape(-1, 3)
-    return volume.sample_world(pts, order=order, cval=float(np.min(volume.array))).reshape(grid.shape).astype(np.float32)
-
-
-def take_slice(array: np.ndarray, axis: str, index: int) -> np.ndarray:
-    """2D slice of a (z, y, x[, c]) array, oriented for ``imshow``: axial (y, x) rows y; coronal and
-    sagittal with superior (high z) at the top."""
-    a = _AXIS_OF[axis]
-    sl = np.take(array, int(index), axis=a)
-    return sl if axis == "axial" else sl[::-1]
-
-
-def slice_aspect(grid: Grid, axis: str) -> float:
-    """``imshow`` aspect (row height / column width in mm) of a slice."""
-    sx, sy, sz = grid.spacing
-    return {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}[axis]
-
-
-def landmarks_in_slab(points_mm: np.ndarray, grid: Grid, axis: str, index: int, half_width: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Points within ``half_width`` voxels of slice ``index``: (indices into points, (M, 2) pixel
-    coordinates (column, row) in the orientation of :func:`take_slice`)."""
-    idx = grid.world_to_index(np.asarray(points_mm, float).reshape(-1, 3))  # (x, y, z)
-    nz = grid.shape[0]
-    held = {"axial": 2, "coronal": 1, "sagittal": 0}[axis]
-    sel = np.flatnonzero(np.abs(idx[:, held] - index) <= half_width)
-    p = idx[sel]
-    if axis == "axial":
-        cols, rows = p[:, 0], p[:, 1]
-    elif axis == "coronal":
-        cols, rows = p[:, 0], (nz - 1) - p[:, 2]
-    else:
-        cols, rows = p[:, 1], (nz - 1) - p[:, 2]
-    return sel, np.stack([cols, rows], axis=1) if len(sel) else np.zeros((0, 2))
-
-
-def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """Alternate tiles of two equally shaped 2D images."""
-    r = (np.arange(a.shape[0]) * tiles // max(1, a.shape[0]))[:, None]
-    c = (np.arange(a.shape[1]) * tiles // max(1, a.shape[1]))[None, :]
-    return np.where((r + c) % 2 == 0, a, b)
+TEAL, PINK = FIXED, MOVING  # older names of the palette's fixed / moving landmark colours
 
 
 @dataclass
@@ -101,7 +66,7 @@ class SliceScrubber:
     landmarks (teal) and moving landmarks (pink) within ``slab`` voxels of the slice centre are
     drawn (default 0.5: the slice itself). Pixels are drawn with their mm aspect ratio.
 
-    ``state``: an optional :class:`reindir_nb.widgets.LinkedState` shared with other explorers of
+    ``state``: an optional :class:`reindir_nb.viz.linked.LinkedState` shared with other explorers of
     the same fixed grid; axis and slice then follow it both ways (a selected landmark moves the slice).
 
     State for tests: ``axis``, ``index``, ``layer``, ``image`` (the 2D array shown), ``clim``,
@@ -170,7 +135,7 @@ class SliceScrubber:
 
     def _set_slice_range(self, index: int | None = None) -> None:
         """Slider range of the current axis; ``index`` (default: the middle slice)."""
-        n = self.grid.shape[_AXIS_OF[self.axis]]
+        n = slice_count(self.grid, self.axis)
         self._syncing = True
         try:
             self.slice_w.max = n - 1
@@ -241,12 +206,11 @@ class SliceScrubber:
                 self.pair.moving_landmarks, self.grid, self.axis, self.index, self.slab)
         ax = self.ax
         ax.clear()
-        ax.imshow(self.image, cmap=cmap, vmin=self.clim[0], vmax=self.clim[1], aspect=self.aspect,
-                  interpolation="nearest")
+        show_slice(ax, self.image, self.grid, self.axis, cmap=cmap, vmin=self.clim[0], vmax=self.clim[1])
         if len(self.fixed_points):
-            ax.scatter(*self.fixed_points.T, s=14, c=TEAL, label="fixed landmarks")
+            ax.scatter(*self.fixed_points.T, s=14, c=FIXED, label="fixed landmarks")
         if len(self.moving_points):
-            ax.scatter(*self.moving_points.T, s=14, c=PINK, label="moving landmarks")
+            ax.scatter(*self.moving_points.T, s=14, c=MOVING, label="moving landmarks")
         ax.set_title(f"{self.pair.name}: {self.axis} {self.index} ({self.layer})", fontsize=9)
         ax.set_axis_off()
         from IPython import get_ipython
@@ -262,17 +226,3 @@ class SliceScrubber:
         from IPython.display import display
 
         display(self.widget)
-
-
-# The linked explorers live in reindir_nb/explorers.py (which imports the helpers above); they are
-# re-exported here lazily so that importing either module first works.
-_EXPLORERS = ("PairExplorer", "LandmarkErrorExplorer", "IterationScrubber", "LinkedState")
-__all__ += list(_EXPLORERS)
-
-
-def __getattr__(name: str):
-    if name in _EXPLORERS:
-        from . import explorers
-
-        return getattr(explorers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
