@@ -42,6 +42,7 @@ _FUNCTIONS = {
     "load_cohort": ("data.datasets", "load_cohort"),
     "prepare": ("data.preprocess", "prepare"),
     "get_device": ("core.device", "get_device"),
+    "Workspace": ("evaluation.workspace", "Workspace"),
 }
 
 __all__ = ["Grid", "Pair", "Profile", "Volume", "get_profile", "register", "RegistrationRun", *_FUNCTIONS,

@@ -61,6 +61,8 @@ class Pair:
         for mask, image, which in ((self.fixed_mask, self.fixed, "fixed"), (self.moving_mask, self.moving, "moving")):
             if mask is None:
                 continue
+            if not isinstance(mask, Volume):
+                raise TypeError(f"{self.name}: {which}_mask must be a Volume or None, got {type(mask).__name__}")
             if mask.grid.shape != image.grid.shape:
                 raise ValueError(
                     f"{mask.name or 'mask'}: shape {mask.grid.shape} differs from its image "

@@ -27,6 +27,20 @@ class Profile:
     seeds: int                        # evaluation seeds (paper: 10)
     folds: int                        # cross-validation folds (paper: 5)
     eval_iterations: tuple[int, ...]  # iteration counts recorded by sweeps
+    # notebook recipes (one home for them, so the notebooks hold none)
+    held_out_per_style: int = 5       # fresh phantom pairs per style a single-model sweep evaluates on
+    voxelmorph_epochs: int = 200      # epochs of the VoxelMorph peer
+    elastix_budget: tuple[int, int] | None = None  # (iterations, resolutions) of a quick elastix; None: full
+    bending_points_per_step: int | None = None     # test-time batch of the bending sweep (None: points_per_step)
+    reindir_warm_start: bool = False  # REINDIR templates start from the Reptile template (CPU profiles)
+    propagation: tuple[int, int, int] = (10, 5, 2500)  # keypoint propagation: runs, kept, iterations
+
+    def reindir_steps(self, outer_steps: int | None = None, warm_start: bool | None = None) -> int:
+        """Outer steps of REINDIR when Reptile trains ``outer_steps`` (default: the profile's):
+        2/3 of them when REINDIR starts from the Reptile template (demo: 100 of 150), else all."""
+        n = self.outer_steps if outer_steps is None else int(outer_steps)
+        warm = self.reindir_warm_start if warm_start is None else bool(warm_start)
+        return max(1, 2 * n // 3) if warm else n
 
     def with_(self, **changes) -> "Profile":
         """A copy with some fields changed (e.g. ``profile.with_(outer_steps=50)``)."""
@@ -38,6 +52,8 @@ PROFILES: dict[str, Profile] = {
         name="smoke", spacing_mm=8.0, patch_size=(32, 32, 32), cohort_size=4, points_per_step=2000,
         iterations=20, record_every=5, inner_steps=3, inner_points=1000, outer_steps=3,
         encoder_width=2, embedding_length=65, seeds=2, folds=2, eval_iterations=(0, 5, 10),
+        held_out_per_style=1, voxelmorph_epochs=1, elastix_budget=(50, 1), bending_points_per_step=500,
+        reindir_warm_start=True, propagation=(2, 1, 10),
     ),
     "demo": Profile(
         # 5000 test-time points: a 2-core CPU step takes ~0.28 s instead of ~0.6-0.8 s at 10000
@@ -47,6 +63,9 @@ PROFILES: dict[str, Profile] = {
         name="demo", spacing_mm=4.0, patch_size=(64, 64, 64), cohort_size=20, points_per_step=5000,
         iterations=250, record_every=25, inner_steps=10, inner_points=2000, outer_steps=150,
         encoder_width=6, embedding_length=1025, seeds=5, folds=5, eval_iterations=(0, 10, 25, 50),
+        # warm-started REINDIR (templates from the Reptile template, eps 0.1) needs 2/3 of the outer steps
+        held_out_per_style=2, voxelmorph_epochs=10, reindir_warm_start=True,
+        propagation=(4, 2, 100),
     ),
     "paper": Profile(
         name="paper", spacing_mm=1.0, patch_size=(336, 288, 366), cohort_size=100, points_per_step=10000,

@@ -12,6 +12,7 @@ from .results import RESULT_COLUMNS, TIMING_COLUMNS, load_points, load_results, 
 from .sharding import resolve_shard, shard_path, shard_tables
 from .summaries import format_summary, summary_table, wilcoxon_table
 from .sweep import FingerprintMismatch, sweep
+from .workspace import Workspace
 
 __all__ = [
     "CONVERGED", "RESULT_COLUMNS", "TIMING_COLUMNS",
@@ -23,4 +24,5 @@ __all__ = [
     "load_models", "load_voxelmorph",
     "ElastixConfig", "elastix_available", "elastix_register",
     "KeypointPropagation", "propagate_keypoints",
+    "Workspace",
 ]

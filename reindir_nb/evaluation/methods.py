@@ -83,13 +83,10 @@ class InrRegistration:
         return bool(getattr(self.run, "diverged", False))
 
     def diverged_at(self, iteration: int) -> bool:
-        """The history's ``diverged`` flag at ``iteration`` when recorded, else the run's flag."""
-        hist = self.run.history
-        if "diverged" in hist.columns:
-            at = hist.loc[hist["iteration"] == int(iteration), "diverged"]
-            if len(at):
-                return bool(at.iloc[0])
-        return self.diverged
+        """True for iterations after the run's last finite state (a diverged run stops there; the
+        states it recorded up to then, that one included, are valid measurements)."""
+        recorded = self.iterations
+        return self.diverged and (not recorded or int(iteration) > recorded[-1])
 
     def transform_points(self, points_mm: np.ndarray, iteration: int | None = None,
                          estimate: str = "cycle") -> np.ndarray:

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..core.geometry import Grid, compose_affine, invert_affine
 from ..core.pair import Pair
 from . import derivatives, losses
-from .network import Params
+from .network import Params, SirenConfig
 
 __all__ = ["LossWeights", "Objective", "Similarity", "Regulariser", "SIMILARITIES", "REGULARISERS",
            "register_similarity", "register_regulariser", "Problem", "ccidir_terms", "objective_terms",
@@ -305,12 +305,15 @@ def ccidir_terms(
     points_moving: Tensor,
     regulariser: str = "jacobian",
     weights: LossWeights = LossWeights(),
-    omega: float = 30.0,
+    omega: float | None = None,
     similarity: str = "ncc",
     derivative_method: str = "forward",
     derivative_bf16: bool = False,
 ) -> dict[str, Tensor]:
-    """The short form of :func:`objective_terms` with the objective's fields as arguments."""
+    """The short form of :func:`objective_terms` with the objective's fields as arguments
+    (``omega`` default: the :class:`~reindir_nb.inr.network.SirenConfig` default)."""
+    if omega is None:
+        omega = SirenConfig().omega
     objective = Objective(similarity=similarity, regulariser=regulariser, weights=weights,
                           derivative_method=derivative_method, derivative_bf16=derivative_bf16)
     return objective_terms(objective, forward, backward, problem, points_fixed, points_moving, omega)
