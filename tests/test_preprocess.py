@@ -396,3 +396,23 @@ def test_prepare_real_pair_demo_and_smoke():
         before = preprocess.normalize_intensity(pair.fixed.with_array(blurred)).sample_world(pair.fixed_landmarks)
         after = prep.fixed.sample_world(prep.fixed_landmarks)
         assert np.corrcoef(before, after)[0, 1] > 0.9
+
+
+def test_the_preparation_record_is_typed_and_survives_saving(tmp_path):
+    from reindir_nb.core.pair import HU_RANGE
+    from reindir_nb.data import io
+
+    raw = rn.phantom.make_pair(seed=2, style="nlst", profile="smoke", n_landmarks=10)
+    assert raw.preparation.profile is None and not raw.preparation.normalized
+    matrix = np.eye(4)
+    matrix[:3, 3] = [1.5, -2.0, 0.5]
+    prep = rn.prepare(raw, "smoke", prealign=matrix)
+    record = prep.preparation
+    assert (record.profile, record.normalized, record.hu_range) == ("smoke", True, HU_RANGE)
+    np.testing.assert_array_equal(record.prealign_matrix, matrix)
+    assert record.to_image_units(-1000.0) == 0.0 and record.to_image_units(500.0) == 1.0
+    back = io.load_saved_pair(io.save_pair(prep, tmp_path / "p"))
+    assert back.preparation.profile == "smoke" and back.preparation.normalized
+    np.testing.assert_allclose(back.preparation.prealign_matrix, matrix)
+    again = prep.with_preparation(record.__class__(profile="demo"))
+    assert again.preparation.prealign_matrix is None and again.preparation.profile == "demo"

@@ -15,7 +15,9 @@ import numpy as np
 from .points import as_points
 from .volume import Volume
 
-__all__ = ["Pair", "landmark_distances"]
+__all__ = ["Pair", "Preparation", "HU_RANGE", "landmark_distances"]
+
+HU_RANGE = (-1000.0, 500.0)  # HU window that preparation maps to [0, 1]
 
 
 def landmark_distances(fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
@@ -25,6 +27,48 @@ def landmark_distances(fixed_points: np.ndarray, moving_points: np.ndarray) -> n
     if len(fixed) != len(moving):
         raise ValueError(f"{len(fixed)} fixed points but {len(moving)} moving points; they must correspond")
     return np.linalg.norm(fixed - moving, axis=1)
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What :func:`reindir_nb.prepare` did to a pair: the typed view of the record it keeps in
+    ``Pair.meta`` (``prepared``, ``normalized``, ``hu_range``, ``prealign_matrix``; plain JSON
+    values, so saved pairs keep it).
+
+    ``profile``: the run profile it was prepared for (None: not prepared); ``normalized``:
+    intensities are ``hu_range`` HU mapped to [0, 1]; ``prealign_matrix``: 4x4 global
+    pre-alignment, fixed world mm -> moving world mm (None: none estimated)."""
+
+    profile: str | None = None
+    normalized: bool = False
+    hu_range: tuple[float, float] = HU_RANGE
+    prealign_matrix: np.ndarray | None = None
+
+    _KEYS = ("prepared", "normalized", "hu_range", "prealign_matrix")
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> "Preparation":
+        """Read the record from a pair's ``meta`` (absent keys: not prepared)."""
+        matrix = meta.get("prealign_matrix")
+        lo, hi = meta.get("hu_range", HU_RANGE)
+        return cls(profile=meta.get("prepared"), normalized=bool(meta.get("normalized", False)),
+                   hu_range=(float(lo), float(hi)),
+                   prealign_matrix=None if matrix is None else np.asarray(matrix, dtype=np.float64).reshape(4, 4))
+
+    def to_meta(self) -> dict[str, Any]:
+        """The record as ``meta`` entries (JSON values)."""
+        out: dict[str, Any] = {"prepared": self.profile, "normalized": self.normalized,
+                               "hu_range": [float(v) for v in self.hu_range]}
+        if self.prealign_matrix is not None:
+            out["prealign_matrix"] = np.asarray(self.prealign_matrix, dtype=np.float64).tolist()
+        return out
+
+    def to_image_units(self, hu: float) -> float:
+        """A HU value in the pair's intensity units (HU, or [0, 1] when normalised)."""
+        if not self.normalized:
+            return float(hu)
+        lo, hi = self.hu_range
+        return (float(np.clip(hu, lo, hi)) - lo) / (hi - lo)
 
 
 @dataclass
@@ -111,6 +155,16 @@ class Pair:
         if not self.has_landmarks:
             raise ValueError(f"{self.name}: no landmarks")
         return landmark_distances(self.fixed_landmarks, self.moving_landmarks)
+
+    @property
+    def preparation(self) -> Preparation:
+        """What preparation did to this pair (:class:`Preparation`; ``profile`` None when raw)."""
+        return Preparation.of(self.meta)
+
+    def with_preparation(self, preparation: Preparation, **changes: Any) -> "Pair":
+        """A copy carrying ``preparation`` (replacing any earlier record) and other ``changes``."""
+        meta = {k: v for k, v in self.meta.items() if k not in Preparation._KEYS}
+        return replace(self, meta={**meta, **preparation.to_meta()}, **changes)
 
     def replace(self, **changes: Any) -> "Pair":
         """A copy with some fields replaced (validated again)."""

@@ -144,7 +144,7 @@ def needs_prealign(pair: Pair) -> bool:
 def resolve_prealign(pair: Pair, prealign: "str | np.ndarray | None" = "auto") -> tuple[str, np.ndarray]:
     """``(kind, 4x4 matrix fixed world mm -> moving world mm)`` for ``register(prealign=...)``.
 
-    "auto": the matrix :func:`reindir_nb.prepare` stored in ``pair.meta["prealign_matrix"]`` when
+    "auto": the matrix :func:`reindir_nb.prepare` stored (``pair.preparation.prealign_matrix``) when
     there is one, else "affine" if :func:`needs_prealign`, else "none" (identity). "affine",
     "rigid": estimated with :func:`reindir_nb.prealign.estimate_prealign`. A 4x4 array is used as is.
     """
@@ -157,7 +157,7 @@ def resolve_prealign(pair: Pair, prealign: "str | np.ndarray | None" = "auto") -
         return "matrix", matrix
     if prealign not in ("auto", "affine", "rigid", "none"):
         raise ValueError(f"{pair.name}: prealign must be 'auto', 'affine', 'rigid', 'none' or a 4x4 matrix, got {prealign!r}")
-    if prealign == "auto" and pair.meta.get("prealign_matrix") is not None:
-        return "prepared", np.asarray(pair.meta["prealign_matrix"], dtype=np.float64)
+    if prealign == "auto" and pair.preparation.prealign_matrix is not None:
+        return "prepared", pair.preparation.prealign_matrix
     kind = ("affine" if needs_prealign(pair) else "none") if prealign == "auto" else prealign
     return kind, estimate_prealign(pair, kind)

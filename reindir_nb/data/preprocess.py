@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.geometry import Grid, apply_affine
-from ..core.pair import Pair
+from ..core.pair import HU_RANGE, Pair, Preparation
 from ..core.profiles import Profile, get_profile
 from ..core.volume import Volume
 from .prealign import resolve_prealign
@@ -35,7 +35,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HU_RANGE = (-1000.0, 500.0)  # HU window mapped to [0, 1] by normalize_intensity
 
 _SLICE_2D = np.zeros((3, 3, 3), dtype=bool)  # 4-connectivity inside each axial (z) slice only
 _SLICE_2D[1] = ndimage.generate_binary_structure(2, 1)
@@ -50,14 +49,6 @@ def normalize_intensity(volume: Volume, hu_range: tuple[float, float] = HU_RANGE
         raise ValueError(f"{volume.name or 'volume'}: hu_range must be increasing, got {hu_range}")
     arr = (np.clip(volume.array.astype(np.float32), lo, hi) - lo) / (hi - lo)
     return volume.with_array(arr.astype(np.float32))
-
-
-def _hu_to_image_units(hu: float, pair_meta: dict[str, Any]) -> float:
-    """A HU value in the units of a pair's images (HU, or [0, 1] when already normalised)."""
-    if not pair_meta.get("normalized"):
-        return hu
-    lo, hi = pair_meta.get("hu_range", HU_RANGE)
-    return (float(np.clip(hu, lo, hi)) - lo) / (hi - lo)
 
 
 # ------------------------------------------------------------------- resampling
@@ -391,30 +382,31 @@ def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None)
     mask and the ground truth resampled to the profile's isotropic ``spacing_mm``; each side
     cropped/padded to ``patch_size`` (z, y, x) around its own lung-mask centre, shifted so that
     its landmarks stay inside (a ValueError naming the pair when they span more than the patch);
-    intensities clipped to :data:`HU_RANGE` and scaled to [0, 1] unless ``meta["normalized"]``
+    intensities clipped to :data:`HU_RANGE` and scaled to [0, 1] unless already normalised
     says they already are. A constant image raises ValueError naming it. Fixed and moving keep their own world geometry and landmarks are not
     changed. ``prealign`` (None, "rigid", "affine", "auto" or a 4x4 fixed->moving world matrix)
     centres the moving patch on the pre-aligned fixed centre instead, so both patches hold the
     same anatomy when the scans are positioned differently; the matrix goes to
-    ``meta["prealign_matrix"]``. Sets ``meta["prepared"] = profile name`` and
-    ``meta["normalized"] = True``. A pair already prepared for this profile is returned as is.
+    the pair's :class:`~reindir_nb.core.pair.Preparation` record (``pair.preparation``), which also
+    holds the profile name and the intensity units. A pair already prepared for this profile is
+    returned as is.
     """
     prof = get_profile(profile)
-    if pair.meta.get("prepared") == prof.name and prealign is None:
+    before = pair.preparation
+    if before.profile == prof.name and prealign is None:
         return pair
     for image in (pair.fixed, pair.moving):
         _require_contrast(image, f"prepare ({pair.name})")
     sp = float(prof.spacing_mm)
     size_xyz = np.array(prof.patch_size[::-1], dtype=int)
-    normalized = bool(pair.meta.get("normalized"))
-    hu_range = tuple(pair.meta.get("hu_range", HU_RANGE))
+    normalized = before.normalized
 
     def mask_of(image: Volume, mask: Volume | None) -> Volume:
         if mask is not None:
             return mask
         if normalized:  # threshold in [0, 1] units; the lungmask model needs HU
-            return lung_mask(image, threshold_hu=_hu_to_image_units(-400.0, pair.meta),
-                             clear_air_hu=_hu_to_image_units(-950.0, pair.meta), use_lungmask=False)
+            return lung_mask(image, threshold_hu=before.to_image_units(-400.0),
+                             clear_air_hu=before.to_image_units(-950.0), use_lungmask=False)
         return lung_mask(image)
 
     def to_iso(image: Volume, mask: Volume) -> tuple[Volume, Volume]:
@@ -449,9 +441,7 @@ def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None)
     fixed, fixed_mask = crop(f_img, f_msk, f_start, pair.fixed)
     moving, moving_mask = crop(m_img, m_msk, m_start, pair.moving)
     gt = None if pair.ground_truth is None else resample_to_grid(pair.ground_truth, fixed.grid, order=1, default=0.0)
-    meta = {**pair.meta, "prepared": prof.name, "normalized": True,
-            "hu_range": list(hu_range if normalized else HU_RANGE)}
-    if matrix is not None:
-        meta["prealign_matrix"] = matrix.tolist()
-    return replace(pair, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                   ground_truth=gt, meta=meta)
+    record = Preparation(profile=prof.name, normalized=True, hu_range=before.hu_range if normalized else HU_RANGE,
+                         prealign_matrix=matrix)
+    return pair.with_preparation(record, fixed=fixed, moving=moving, fixed_mask=fixed_mask,
+                                 moving_mask=moving_mask, ground_truth=gt)

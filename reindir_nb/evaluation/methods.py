@@ -191,7 +191,7 @@ def _inr_settings(init: Any, pair: Pair, config: SweepConfig, identities: dict[i
     given = {"prealign": config.prealign, **_regulariser_kwarg(config), **config.register_kwargs}
     settings = {k: v for k, v in {**_REGISTER_DEFAULTS, **given}.items() if k not in _NOT_RESULT_SETTINGS}
     if settings.get("points_per_step") is None:  # register's default: the pair's (or given) profile
-        profile = config.register_kwargs.get("profile") or pair.meta.get("prepared") or "demo"
+        profile = config.register_kwargs.get("profile") or pair.preparation.profile or "demo"
         settings["points_per_step"] = get_profile(profile).points_per_step
     init_id = "random" if isinstance(init, str) else _identity(init, identities)
     return {"kind": "inr", "init": init_id, "iterations": list(config.iterations), **canonical(settings)}

@@ -324,7 +324,7 @@ def register(
     if not isinstance(init, (str, Initialiser)):
         raise ValueError(f"init must be 'random' or have initial_params(problem) and siren_config, got {type(init).__name__}")
     objective = _objective_from(objective, regulariser, similarity, weights, derivative_method)
-    prof = get_profile(profile or pair.meta.get("prepared") or "demo")
+    prof = get_profile(profile or pair.preparation.profile or "demo")
     iterations = prof.iterations if iterations is None else require_int(iterations, "iterations", 0)
     points = prof.points_per_step if points_per_step is None else require_int(points_per_step, "points_per_step", 1)
     record_every = prof.record_every if record_every is None else require_int(record_every, "record_every", 1)
