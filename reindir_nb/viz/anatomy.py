@@ -31,6 +31,17 @@ def _slab(points_mm: np.ndarray, grid: Grid, axis: str, index: int, slab_mm: flo
     return landmarks_in_slab(points_mm, grid, axis, index, half_width=slab_mm / 2 / slice_spacing(grid, axis))
 
 
+def _coronal_panel(ax, volume, points: np.ndarray, colour: str, slab_mm: float) -> tuple[int, int]:
+    """The coronal slice through the median landmark of ``volume`` with the landmarks of its slab
+    drawn in ``colour``; returns (slice index, landmarks shown)."""
+    grid = volume.grid
+    y = median_slice(points, grid, "coronal")
+    show_slice(ax, take_slice(volume.array, "coronal", y), grid, "coronal", **_CT_WINDOW)
+    sel, px = _slab(points, grid, "coronal", y, slab_mm)
+    _circles(ax, px, colour)
+    return y, len(sel)
+
+
 def _circles(ax, pixels: np.ndarray, colour: str, size: float = 40) -> None:
     ax.scatter(pixels[:, 0], pixels[:, 1], s=size, facecolors="none", edgecolors=colour, linewidths=1.3)
 
@@ -69,12 +80,8 @@ def anatomy_figure(pair: Pair, slab_mm: float = 4.0) -> Figure:
     z_mm = grid.index_to_world([[0, 0, z]])[0, 2]
     a.set_title(f"fixed (real CT), axial z={z_mm:.0f} mm: {len(sel)} landmarks in a {slab_mm:g} mm slab")
 
-    y = median_slice(pair.fixed_landmarks, grid, "coronal")
-    a = ax[0, 1]
-    show_slice(a, take_slice(fixed.array, "coronal", y), grid, "coronal", **_CT_WINDOW)
-    sel_c, px_c = _slab(pair.fixed_landmarks, grid, "coronal", y, slab_mm)
-    _circles(a, px_c, FIXED)
-    a.set_title(f"fixed, coronal y={grid.index_to_world([[0, y, 0]])[0, 1]:.0f} mm: {len(sel_c)} landmarks")
+    y, n_c = _coronal_panel(ax[0, 1], fixed, pair.fixed_landmarks, FIXED, slab_mm)
+    ax[0, 1].set_title(f"fixed, coronal y={grid.index_to_world([[0, y, 0]])[0, 1]:.0f} mm: {n_c} landmarks")
 
     a = ax[1, 0]
     (x0, x1), (y0, y1) = _lung_window(pair, z)
@@ -85,13 +92,8 @@ def anatomy_figure(pair: Pair, slab_mm: float = 4.0) -> Figure:
     _circles(a, px[inside], FIXED, size=160)
     a.set_title("zoom (lung window): landmarks at vessel bifurcations")
 
-    mgrid = moving.grid
-    ym = median_slice(pair.moving_landmarks, mgrid, "coronal")
-    a = ax[1, 1]
-    show_slice(a, take_slice(moving.array, "coronal", ym), mgrid, "coronal", **_CT_WINDOW)
-    sel_m, px_m = _slab(pair.moving_landmarks, mgrid, "coronal", ym, slab_mm)
-    _circles(a, px_m, MOVING)
-    a.set_title(f"moving (simulated exhale), coronal: {len(sel_m)} moved landmarks")
+    _, n_m = _coronal_panel(ax[1, 1], moving, pair.moving_landmarks, MOVING, slab_mm)
+    ax[1, 1].set_title(f"moving (simulated exhale), coronal: {n_m} moved landmarks")
 
     for a in ax.ravel():
         a.set_xticks([])

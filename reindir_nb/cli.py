@@ -1,0 +1,516 @@
+"""Command line for people who use elastix or ANTs: ``reindir-nb register FIXED MOVING --out DIR``.
+
+One subcommand so far, ``register`` (ccIDIR from a random start, or from a Reptile template /
+REINDIR model saved by :mod:`reindir_nb.meta`). It reads the images, masks and landmark files with
+the kit's readers (:func:`reindir_nb.data.datasets.load_generic_pair`), prepares the pair
+(:func:`reindir_nb.prepare`: isotropic resampling, a patch holding the whole lung box, global
+pre-alignment), registers it (:func:`reindir_nb.register`) and writes, atomically (all files or
+none), into ``--out``:
+
+* ``displacement_itk.nii.gz``  ITK displacement field, fixed -> moving, world mm (LPS), on the registration grid
+* ``displacement_learn2reg.nii.gz``  Learn2Reg displacement (voxels), on FIXED's own voxel grid
+* ``warped_moving.nii.gz``  MOVING (its own intensities) resampled onto FIXED's grid through the map
+* ``jacobian_determinant.nii.gz``, ``uncertainty_mm.nii.gz``, ``registration_mask.nii.gz``  maps on the registration grid
+* ``predicted_landmarks.txt`` (elastix point set, with landmarks), ``history.csv``, ``report.json``
+
+Conventions, every option and the exit codes: ``docs/cli.md``. Exit codes: 0 done, 2 bad input
+(one line ``reindir-nb: error: ...`` on stderr naming the argument or file), 3 outputs written but
+the optimisation diverged (``report.json`` says so), 130 interrupted. Set ``REINDIR_NB_DEBUG=1`` to
+see the traceback of an input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "OUTPUT_FORMAT", "OUTPUT_FILES"]
+
+PROG = "reindir-nb"
+OUTPUT_FORMAT = "reindir_nb registration folder 1"  # report.json["format"]: marks a folder the kit wrote
+OUTPUT_FILES = {
+    "displacement_itk": "displacement_itk.nii.gz",
+    "displacement_learn2reg": "displacement_learn2reg.nii.gz",
+    "warped_moving": "warped_moving.nii.gz",
+    "jacobian_determinant": "jacobian_determinant.nii.gz",
+    "uncertainty": "uncertainty_mm.nii.gz",
+    "registration_mask": "registration_mask.nii.gz",
+    "predicted_landmarks": "predicted_landmarks.txt",
+    "history": "history.csv",
+}
+REPORT = "report.json"
+CONTEXT_MM = 10.0  # context kept around the lung box on each side of the registration patch (mm)
+
+
+class UserError(Exception):
+    """Bad input found by the command line itself (the message names the argument or file)."""
+
+
+# ------------------------------------------------------------------------------------ parser
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_mm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of mm, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of mm, got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``reindir-nb`` argument parser (one subparser per command)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="INR deformable registration of lung CT (ccIDIR, Reptile, REINDIR).",
+        epilog="Conventions and output files: docs/cli.md.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    reg = commands.add_parser(
+        "register", help="register MOVING onto FIXED (fixed -> moving map, as elastix/ANTs)",
+        description="Register MOVING onto FIXED: the map phi sends fixed world points to moving world points "
+                    "(backward warping, as elastix and ANTs); the warped moving image is moving(phi(x)).")
+    reg.add_argument("fixed", metavar="FIXED", help="fixed image (any SimpleITK format: .nii.gz, .mha, .nrrd ...), CT in HU")
+    reg.add_argument("moving", metavar="MOVING", help="moving image, CT in HU")
+    reg.add_argument("--out", required=True, metavar="DIR",
+                     help="output folder (created; a non-empty folder is only replaced when reindir-nb wrote it)")
+    reg.add_argument("--fixed-mask", metavar="M", help="lung mask of FIXED (nonzero = lung; default: threshold lung mask)")
+    reg.add_argument("--moving-mask", metavar="M", help="lung mask of MOVING")
+    reg.add_argument("--resample-masks", action="store_true",
+                     help="resample a mask that is not on its image's grid (world space, nearest) instead of refusing it")
+    reg.add_argument("--fixed-landmarks", metavar="F", help="landmarks in FIXED (csv/txt or elastix point set)")
+    reg.add_argument("--moving-landmarks", metavar="F", help="corresponding landmarks in MOVING (same order)")
+    reg.add_argument("--units", choices=("mm", "voxel"),
+                     help="units of the landmark files: world mm, or voxel indices (x y z, 0-based unless --one-based)")
+    reg.add_argument("--one-based", action="store_true", help="voxel landmark indices start at 1 (DIR-LAB files)")
+    reg.add_argument("--hu-offset", type=_finite, default=0.0, metavar="HU",
+                     help="subtracted from both images (1024 for unsigned exports storing HU + 1024; default 0)")
+    reg.add_argument("--init", default="random", metavar="random|MODEL.pt",
+                     help="'random' (ccIDIR) or a Reptile template / REINDIR model saved by reindir_nb (default random)")
+    reg.add_argument("--iterations", type=_nonnegative_int, metavar="N",
+                     help="optimisation steps (default: the profile's; 0 = the initialisation only)")
+    reg.add_argument("--spacing", type=_positive_mm, metavar="MM",
+                     help="isotropic registration spacing in mm (default: the profile's: smoke 8, demo 4, paper 1)")
+    reg.add_argument("--prealign", choices=("auto", "affine", "rigid", "none"), default="auto",
+                     help="global pre-alignment before the INRs: auto = affine when the lung centroids are more "
+                          "than 15 mm apart (default auto)")
+    reg.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo",
+                     help="run profile: spacing, points per step, default iterations (default demo)")
+    reg.add_argument("--estimate", choices=("cycle", "forward"), default="cycle",
+                     help="point estimate written to the fields: cycle = ccIDIR's inference (midpoint of the forward "
+                          "map and the inverted backward one), forward = the forward network only (default cycle)")
+    reg.add_argument("--seed", type=_nonnegative_int, default=0, metavar="S", help="random seed (default 0)")
+    reg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="auto = cuda when available, else cpu (default auto)")
+    reg.add_argument("--quiet", action="store_true", help="no progress bar, no messages (errors only)")
+    reg.set_defaults(handler=_register_command)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _short_warnings(quiet: bool) -> Iterator[None]:
+    """Show the kit's warnings as one line ``reindir-nb: warning: ...`` (none with ``quiet``)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not quiet:
+            print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (dataclasses as dicts, numpy as lists/numbers, paths as str)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _grid_info(grid) -> dict:
+    return {"shape_xyz": list(grid.shape[::-1]), "spacing_mm": list(grid.spacing), "origin_mm": list(grid.origin),
+            "direction": np.asarray(grid.direction).ravel().tolist()}
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Argument combinations and input files, before anything slow (UserError / FileNotFoundError)."""
+    if (args.fixed_landmarks is None) != (args.moving_landmarks is None):
+        given, missing = (("--fixed-landmarks", "--moving-landmarks") if args.moving_landmarks is None
+                          else ("--moving-landmarks", "--fixed-landmarks"))
+        raise UserError(f"{given} given without {missing}: landmarks need a fixed and a moving file")
+    if args.fixed_landmarks is not None and args.units is None:
+        raise UserError("--units is required with landmark files: say --units mm (world mm) or --units voxel "
+                        "(voxel indices); it is never guessed")
+    if args.units is not None and args.fixed_landmarks is None:
+        raise UserError("--units given without --fixed-landmarks/--moving-landmarks")
+    if args.one_based and args.units != "voxel":
+        raise UserError("--one-based applies to voxel landmark files only (--units voxel)")
+    files = [("FIXED", args.fixed), ("MOVING", args.moving), ("--fixed-mask", args.fixed_mask),
+             ("--moving-mask", args.moving_mask), ("--fixed-landmarks", args.fixed_landmarks),
+             ("--moving-landmarks", args.moving_landmarks)]
+    if args.init != "random":
+        files.append(("--init", args.init))
+    for what, name in files:
+        if name is None:
+            continue
+        path = Path(name)
+        if path.is_dir():
+            raise UserError(f"{what} {path}: is a folder, not a file")
+        if not path.is_file():
+            raise UserError(f"{what} {path}: file not found")
+
+
+def _kit_outputs(folder: Path) -> set[str] | None:
+    """Names of the files a ``register`` output folder holds according to its report.json, else None."""
+    try:
+        report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(report, dict) or report.get("format") != OUTPUT_FORMAT or not isinstance(report.get("files"), dict):
+        return None
+    return {REPORT, *map(str, report["files"].values())}
+
+
+def _check_out(folder: Path) -> None:
+    """FileExistsError naming ``folder`` unless it may be (re)written: absent, empty, or an output
+    folder of ``reindir-nb register`` that holds only its own files. Then probe that its parent is writable."""
+    from .core.files import ensure_writable
+
+    if folder.name in ("", ".", ".."):
+        raise UserError(f"--out {folder}: give a folder name")
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"--out {folder}: exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        own = _kit_outputs(folder)
+        entries = sorted(p.name for p in folder.iterdir())
+        if own is None:
+            raise FileExistsError(
+                f"--out {folder}: not empty and not an output folder written by {PROG} (no valid {REPORT}); it is "
+                f"never overwritten: choose a new or empty folder (it holds {', '.join(entries[:5])}"
+                f"{' ...' if len(entries) > 5 else ''})")
+        foreign = [e for e in entries if e not in own]
+        if foreign:
+            raise FileExistsError(f"--out {folder}: an output folder of {PROG} that also holds other files "
+                                  f"({', '.join(foreign[:5])}); move them out first, they are never deleted")
+    ensure_writable(folder.resolve().parent, f"the output folder {folder.name}")
+
+
+def _registration_profile(pair, profile, spacing_mm: float | None):
+    """``profile`` with the registration spacing (``spacing_mm`` or the profile's) and a patch large
+    enough for the whole lung box of both sides plus :data:`CONTEXT_MM` on each side; never
+    smaller than the profile's patch (a learned init keeps the frame it was trained in when the
+    lungs fit)."""
+    spacing = float(spacing_mm or profile.spacing_mm)
+    margin = max(2, math.ceil(CONTEXT_MM / spacing))  # voxels per side
+    need = np.zeros(3, dtype=int)  # (x, y, z)
+    for mask in (pair.fixed_mask, pair.moving_mask):
+        idx = np.argwhere(np.asarray(mask.array) > 0)[:, ::-1]
+        box_mm = (idx.max(0) - idx.min(0)) * np.asarray(mask.grid.spacing)
+        need = np.maximum(need, np.ceil(box_mm / spacing - 1e-9).astype(int) + 1 + 2 * margin)
+    patch = tuple(int(max(p, n)) for p, n in zip(profile.patch_size, need[::-1]))
+    return profile.with_(spacing_mm=spacing, patch_size=patch)
+
+
+def _with_lung_masks(pair, args: argparse.Namespace):
+    """The pair with the threshold lung mask (:func:`reindir_nb.data.preprocess.lung_mask`) of each
+    side that has none."""
+    from .data.preprocess import lung_mask
+
+    changes = {}
+    for side, option in (("fixed", "--fixed-mask"), ("moving", "--moving-mask")):
+        if getattr(pair, f"{side}_mask") is None:
+            _say(args, f"computing the lung mask of {side.upper()} (give {option} to skip)")
+            try:
+                changes[f"{side}_mask"] = lung_mask(getattr(pair, side))
+            except ValueError as err:
+                raise UserError(f"{err}; give {option}") from None
+    return pair.replace(**changes) if changes else pair
+
+
+class _FieldMap:
+    """The written displacement field as a map of world points (what ITK does with it): trilinear
+    interpolation of the mm field; outside the field's grid, the global pre-alignment alone.
+    Has the ``pair`` and ``transform_points`` that :func:`reindir_nb.inr.export.learn2reg_displacement`
+    reads, with ``pair`` = the input images (so Learn2Reg indices are those of FIXED and MOVING)."""
+
+    def __init__(self, displacement, prealign_matrix: np.ndarray, pair) -> None:
+        self.displacement, self.prealign_matrix, self.pair = displacement, prealign_matrix, pair
+
+    def transform_points(self, points_mm: np.ndarray, estimate: str | None = None) -> np.ndarray:
+        from .core.geometry import apply_affine
+
+        pts = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+        disp = self.displacement.sample_world(pts, order=1, cval=np.nan)
+        outside = ~np.all(np.isfinite(disp), axis=1)
+        moved = pts + np.where(outside[:, None], 0.0, disp)
+        if outside.any():
+            moved[outside] = apply_affine(self.prealign_matrix, pts[outside])
+        return moved
+
+
+def _warped_moving(pair, learn2reg: np.ndarray):
+    """MOVING resampled onto FIXED's grid (trilinear; outside MOVING: its minimum) through the
+    Learn2Reg displacement ``(X, Y, Z, 3)``: fixed voxel (i, j, k) -> moving index (i, j, k) + disp."""
+    from scipy.ndimage import map_coordinates
+
+    moving = pair.moving
+    index = np.indices(learn2reg.shape[:3], dtype=np.float32)  # (3, X, Y, Z): i, j, k
+    coords = [(index[c] + learn2reg[..., c]).transpose(2, 1, 0) for c in (2, 1, 0)]  # (z, y, x) rows, (Z, Y, X)
+    values = map_coordinates(moving.array.astype(np.float32), coords, order=1, mode="constant",
+                             cval=float(moving.array.min()))
+    return pair.fixed.with_array(values, name=f"warped {moving.name}")
+
+
+# ----------------------------------------------------------------------------------- register
+def _tre_block(pair, run, field_map, estimate: str) -> dict:
+    """TRE statistics (mm) before, after pre-alignment, after registration (cycle and forward
+    estimates) and through the written ITK field; per-landmark errors of the written estimate."""
+    from .core.geometry import apply_affine
+    from .core.metrics import landmark_errors, target_registration_error
+
+    fl, ml = pair.fixed_landmarks, pair.moving_landmarks
+    predicted = {est: run.transform_points(fl, est) for est in ("cycle", "forward")}
+    return {
+        "count": int(len(fl)),
+        "initial": target_registration_error(fl, ml),
+        "after_prealign": target_registration_error(apply_affine(run.prealign_matrix, fl), ml),
+        "final_cycle": target_registration_error(predicted["cycle"], ml),
+        "final_forward": target_registration_error(predicted["forward"], ml),
+        "final_itk_field": target_registration_error(field_map.transform_points(fl), ml),
+        "estimate_written": estimate,
+        "per_landmark_mm": landmark_errors(predicted[estimate], ml).tolist(),
+    }, predicted[estimate]
+
+
+def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run) -> dict:
+    """Every output file into the (temporary) folder ``tmp``; returns the report's file and result parts."""
+    from .core.metrics import deformation_statistics
+    from .data.io import atomic_path, write_elastix_points, write_image
+    from .inr.export import read_learn2reg_displacement, write_learn2reg_displacement
+
+    files = {}
+
+    def image(key: str, volume, dtype) -> None:
+        write_image(volume.with_array(np.asarray(volume.array, dtype=dtype)), tmp / OUTPUT_FILES[key])
+        files[key] = OUTPUT_FILES[key]
+
+    _say(args, f"writing the displacement field ({args.estimate} estimate) on the registration grid")
+    # what inr.export.write_itk_displacement writes, computed once and reused below
+    disp = run.displacement(estimate=args.estimate)
+    image("displacement_itk", disp, np.float64)
+    field_map = _FieldMap(disp, run.prealign_matrix, pair)
+
+    _say(args, "writing the Learn2Reg displacement and the warped moving image on FIXED's grid")
+    written = write_learn2reg_displacement(field_map, tmp, 0, 1, estimate=args.estimate)
+    os.replace(written, tmp / OUTPUT_FILES["displacement_learn2reg"])
+    files["displacement_learn2reg"] = OUTPUT_FILES["displacement_learn2reg"]
+    image("warped_moving", _warped_moving(pair, read_learn2reg_displacement(tmp / OUTPUT_FILES["displacement_learn2reg"])),
+          np.float32)
+
+    _say(args, "writing det J and the uncertainty map")
+    det = run.jacobian_determinant()
+    image("jacobian_determinant", det, np.float32)
+    image("uncertainty", run.uncertainty(), np.float32)
+    image("registration_mask", prepared.fixed_mask, np.uint8)
+    stats = deformation_statistics(det.array, prepared.fixed_mask.array)
+    deformation = {"folding_fraction": stats["pct_folded"] / 100.0, "pct_folded": stats["pct_folded"],
+                   "std_log_jacobian": stats["std_log_jac"], "where": "inside the fixed lung mask, registration grid"}
+
+    landmarks = None
+    if pair.has_landmarks:
+        landmarks, predicted = _tre_block(pair, run, field_map, args.estimate)
+        write_elastix_points(predicted, tmp / OUTPUT_FILES["predicted_landmarks"])
+        files["predicted_landmarks"] = OUTPUT_FILES["predicted_landmarks"]
+    with atomic_path(tmp / OUTPUT_FILES["history"]) as path:
+        run.history.to_csv(path, index=False)
+    files["history"] = OUTPUT_FILES["history"]
+    return {"files": files, "deformation": deformation, "landmarks": landmarks,
+            "registration_grid": _grid_info(disp.grid)}
+
+
+def _register_command(args: argparse.Namespace) -> int:
+    """``reindir-nb register``: read, prepare, register, write (see the module docstring)."""
+    t_start = time.perf_counter()
+    _check_inputs(args)
+    out = Path(args.out)
+    _check_out(out)
+
+    import torch
+
+    import reindir_nb as rn
+    from .core.files import atomic_folder, atomic_path
+    from .core.profiles import get_profile
+    from .data.datasets import load_generic_pair
+
+    timings: dict[str, float] = {}
+    try:
+        device = rn.get_device(None if args.device == "auto" else args.device)
+    except RuntimeError as err:
+        raise UserError(f"--device {args.device}: {err}") from None
+    init: Any = "random"
+    if args.init != "random":
+        try:
+            init = rn.meta.load(args.init)
+        except (ValueError, FileNotFoundError) as err:
+            raise UserError(f"--init: {err}") from None
+
+    t = time.perf_counter()
+    _say(args, f"reading {args.fixed} and {args.moving}")
+    pair = load_generic_pair(
+        args.fixed, args.moving, fixed_landmarks=args.fixed_landmarks, moving_landmarks=args.moving_landmarks,
+        units=args.units, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, one_based=args.one_based,
+        hu_offset=args.hu_offset, resample_masks=args.resample_masks)
+    timings["read_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pair = _with_lung_masks(pair, args)
+    timings["lung_mask_seconds"] = time.perf_counter() - t
+
+    profile = _registration_profile(pair, get_profile(args.profile), args.spacing)
+    t = time.perf_counter()
+    _say(args, f"preparing: {profile.spacing_mm:g} mm, patch {profile.patch_size} (z, y, x) voxels, "
+               f"pre-alignment {args.prealign}")
+    prepared = rn.prepare(pair, profile, prealign=None if args.prealign == "none" else args.prealign)
+    timings["prepare_seconds"] = time.perf_counter() - t  # includes the pre-alignment estimate
+    matrix = prepared.meta.get("prealign_matrix")
+    prealign_kind = "none" if matrix is None else ("affine" if args.prealign == "auto" else args.prealign)
+
+    t = time.perf_counter()
+    run = rn.register(prepared, init=init, iterations=args.iterations, seed=args.seed, device=device,
+                      prealign="none" if matrix is None else np.asarray(matrix, dtype=np.float64),
+                      profile=profile, progress=not args.quiet)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    timings["register_seconds"] = time.perf_counter() - t
+    timings["optimisation_seconds"] = float(run.history["seconds"].iloc[-1])  # steps + encoder, as the history
+    timings["encoder_seconds"] = float(run.encoder_seconds)
+
+    t = time.perf_counter()
+    with atomic_folder(out) as tmp:
+        results = _write_outputs(tmp, args, pair, prepared, run)
+        timings["outputs_seconds"] = time.perf_counter() - t
+        timings["total_seconds"] = time.perf_counter() - t_start
+        report = {
+            "format": OUTPUT_FORMAT,
+            "reindir_nb_version": _version(),
+            "torch_version": torch.__version__,
+            "command": [PROG, *args.argv],
+            "inputs": {k: (str(Path(v).resolve()) if isinstance(v, str) else v) for k, v in (
+                ("fixed", args.fixed), ("moving", args.moving), ("fixed_mask", args.fixed_mask),
+                ("moving_mask", args.moving_mask), ("fixed_landmarks", args.fixed_landmarks),
+                ("moving_landmarks", args.moving_landmarks), ("init", None if args.init == "random" else args.init))},
+            "options": {k: v for k, v in vars(args).items() if k not in ("handler", "argv")},
+            "device": str(device),
+            "cpu_threads": torch.get_num_threads(),
+            "profile": {"name": profile.name, "spacing_mm": profile.spacing_mm, "patch_size_zyx": profile.patch_size,
+                        "points_per_step": profile.points_per_step, "record_every": profile.record_every},
+            "lung_masks": {"fixed": "given" if args.fixed_mask else "threshold lung mask",
+                           "moving": "given" if args.moving_mask else "threshold lung mask"},
+            "prealign": {"requested": args.prealign, "used": prealign_kind,
+                         "matrix_fixed_to_moving_mm": matrix},
+            "iterations": int(run.iterations),
+            "run_settings": run.settings,
+            "diverged": bool(run.diverged),
+            "timings": timings,
+            "fixed_grid": _grid_info(pair.fixed.grid),
+            "moving_grid": _grid_info(pair.moving.grid),
+            **results,
+        }
+        with atomic_path(tmp / REPORT) as path:
+            path.write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
+    _summary(args, report)
+    return 3 if run.diverged else 0
+
+
+def _summary(args: argparse.Namespace, report: dict) -> None:
+    if args.quiet:
+        return
+    lm = report["landmarks"]
+    tre = (f"TRE {lm['initial']['mean']:.2f} -> {lm['final_cycle']['mean']:.2f} mm (cycle), "
+           f"{lm['final_forward']['mean']:.2f} mm (forward); " if lm else "")
+    print(f"{PROG}: {tre}folding {report['deformation']['pct_folded']:.3f} %; {report['iterations']} steps, "
+          f"{report['timings']['total_seconds']:.1f} s in all; outputs in {args.out}"
+          + (" (DIVERGED: see report.json)" if report["diverged"] else ""))
+
+
+# --------------------------------------------------------------------------------------- main
+_USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                FileExistsError, PermissionError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``reindir-nb`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help / --version (0) or a bad argument (2, message printed)
+        return int(exit_.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with _short_warnings(getattr(args, "quiet", False)):
+            return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written to the output folder", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as err:
+        if os.environ.get("REINDIR_NB_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
