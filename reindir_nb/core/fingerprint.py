@@ -76,6 +76,8 @@ def pair_identity(pair: Pair) -> dict[str, str]:
     and landmarks (values and geometry)."""
     parts = {k: getattr(pair, k) for k in ("fixed", "moving", "fixed_mask", "moving_mask",
                                             "fixed_landmarks", "moving_landmarks")}
+    if pair.coarse is not None:  # a fine view: the encoder's view and the INR frame come from it
+        parts["coarse"] = pair_identity(pair.coarse)["content"]
     return {"name": pair.name, "content": content_hash({k: v for k, v in parts.items() if v is not None})}
 
 

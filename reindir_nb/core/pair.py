@@ -78,6 +78,9 @@ class Pair:
     ``ground_truth`` (optional) is the true displacement in mm on the fixed grid
     (``(z, y, x, 3)`` vectors, components ``(x, y, z)``): ``moving_point = x + u(x)``.
     ``meta`` carries free-form facts (e.g. ``{"label": "real anatomy, simulated motion"}``).
+    ``coarse`` (optional): the fixed-size view of the same pair in the same world geometry that
+    the REINDIR encoder embeds and whose INR frame the networks use, when this pair is a fine
+    view for the INRs (:func:`reindir_nb.data.preprocess.prepare_fine`).
     """
 
     fixed: Volume
@@ -90,6 +93,7 @@ class Pair:
     dataset: str = ""
     ground_truth: Volume | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    coarse: "Pair | None" = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,6 +101,9 @@ class Pair:
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ValueError naming the offending file/volume for any inconsistent input."""
+        if self.coarse is not None and not isinstance(self.coarse, Pair):
+            raise TypeError(f"{self.name}: coarse must be a Pair (the encoder's view) or None, "
+                            f"got {type(self.coarse).__name__}")
         for vol, which in ((self.fixed, "fixed"), (self.moving, "moving")):
             if not isinstance(vol, Volume):
                 raise TypeError(f"{self.name}: {which} must be a Volume, got {type(vol).__name__}")

@@ -901,6 +901,9 @@ def save_pair(pair: Pair, folder: str | Path) -> Path:
     folder = Path(folder)
     if folder.name in ("", ".", ".."):
         raise ValueError(f"{folder}: give a folder name for the pair")
+    if pair.coarse is not None:  # saved without it, it would come back in another INR frame
+        raise ValueError(f"{pair.name}: a fine view (prepare_fine) is not saved; save the raw pair "
+                         f"or its coarse view (pair.coarse) and call prepare_fine again")
     clean_leftovers(folder.parent, only=folder.name)
     _check_replaceable(folder)
     ensure_writable(folder.parent, f"the pair folder {folder.name}")

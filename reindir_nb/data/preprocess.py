@@ -31,6 +31,7 @@ __all__ = [
     "lung_mask",
     "scale_augment",
     "prepare",
+    "prepare_fine",
 ]
 
 log = logging.getLogger(__name__)
@@ -375,6 +376,27 @@ def _resolve_prealign(prealign: Any, fixed: Volume, moving: Volume, fixed_mask: 
     return None if kind == "none" else matrix
 
 
+def _lung_mask_of(image: Volume, mask: Volume | None, preparation: Preparation) -> Volume:
+    """``mask`` when given, else a lung mask of ``image`` (thresholds in the image's units)."""
+    if mask is not None:
+        return mask
+    if preparation.normalized:  # threshold in [0, 1] units; the lungmask model needs HU
+        return lung_mask(image, threshold_hu=preparation.to_image_units(-400.0),
+                         clear_air_hu=preparation.to_image_units(-950.0), use_lungmask=False)
+    return lung_mask(image)
+
+
+def _to_spacing(pair: Pair, image: Volume, mask: Volume, spacing_mm: float) -> tuple[Volume, Volume]:
+    """Image (anti-aliased trilinear) and mask (partial volume >= 0.5) at isotropic ``spacing_mm``."""
+    image_iso = resample_isotropic(image, spacing_mm)
+    mask_f = mask.with_array((mask.array > 0).astype(np.float32))
+    mask_iso = resample_to_grid(mask_f, image_iso.grid, order=1, default=0.0)
+    mask_iso = mask_iso.with_array(mask_iso.array >= 0.5)
+    if not mask_iso.array.any():
+        raise ValueError(f"{pair.name}: the lung mask of {image.name or 'an image'} vanishes at {spacing_mm:g} mm")
+    return image_iso, mask_iso
+
+
 def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None) -> Pair:
     """Resample, crop and normalise a pair for a run profile; world-mm geometry is kept exact.
 
@@ -382,8 +404,8 @@ def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None)
     mask and the ground truth resampled to the profile's isotropic ``spacing_mm``; each side
     cropped/padded to ``patch_size`` (z, y, x) around its own lung-mask centre, shifted so that
     its landmarks stay inside (a ValueError naming the pair when they span more than the patch);
-    intensities clipped to :data:`HU_RANGE` and scaled to [0, 1] unless already normalised
-    says they already are. A constant image raises ValueError naming it. Fixed and moving keep their own world geometry and landmarks are not
+    intensities clipped to :data:`HU_RANGE` and scaled to [0, 1] unless already normalised.
+    A constant image raises ValueError naming it. Fixed and moving keep their own world geometry and landmarks are not
     changed. ``prealign`` (None, "rigid", "affine", "auto" or a 4x4 fixed->moving world matrix)
     centres the moving patch on the pre-aligned fixed centre instead, so both patches hold the
     same anatomy when the scans are positioned differently; the matrix goes to
@@ -401,25 +423,8 @@ def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None)
     size_xyz = np.array(prof.patch_size[::-1], dtype=int)
     normalized = before.normalized
 
-    def mask_of(image: Volume, mask: Volume | None) -> Volume:
-        if mask is not None:
-            return mask
-        if normalized:  # threshold in [0, 1] units; the lungmask model needs HU
-            return lung_mask(image, threshold_hu=before.to_image_units(-400.0),
-                             clear_air_hu=before.to_image_units(-950.0), use_lungmask=False)
-        return lung_mask(image)
-
-    def to_iso(image: Volume, mask: Volume) -> tuple[Volume, Volume]:
-        image_iso = resample_isotropic(image, sp)
-        mask_f = mask.with_array((mask.array > 0).astype(np.float32))
-        mask_iso = resample_to_grid(mask_f, image_iso.grid, order=1, default=0.0)
-        mask_iso = mask_iso.with_array(mask_iso.array >= 0.5)
-        if not mask_iso.array.any():
-            raise ValueError(f"{pair.name}: the lung mask of {image.name or 'an image'} vanishes at {sp:g} mm")
-        return image_iso, mask_iso
-
-    f_img, f_msk = to_iso(pair.fixed, mask_of(pair.fixed, pair.fixed_mask))
-    m_img, m_msk = to_iso(pair.moving, mask_of(pair.moving, pair.moving_mask))
+    f_img, f_msk = _to_spacing(pair, pair.fixed, _lung_mask_of(pair.fixed, pair.fixed_mask, before), sp)
+    m_img, m_msk = _to_spacing(pair, pair.moving, _lung_mask_of(pair.moving, pair.moving_mask, before), sp)
     matrix = _resolve_prealign(prealign, f_img, m_img, f_msk, m_msk, pair)
 
     f_start = _crop_start(f_msk, pair.fixed_landmarks, size_xyz, None, pair.name, "fixed")
@@ -445,3 +450,53 @@ def prepare(pair: Pair, profile: "str | Profile" = "demo", prealign: Any = None)
                          prealign_matrix=matrix)
     return pair.with_preparation(record, fixed=fixed, moving=moving, fixed_mask=fixed_mask,
                                  moving_mask=moving_mask, ground_truth=gt)
+
+
+def _lung_box(image: Volume, mask: Volume, points_mm: np.ndarray | None, margin_mm: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, size)`` voxel index (x, y, z) of the mask's bounding box (and the landmarks)
+    plus ``margin_mm``, within the image (no padding)."""
+    grid = image.grid
+    idx = np.argwhere(np.asarray(mask.array) > 0)[:, ::-1].astype(float)  # (x, y, z)
+    if points_mm is not None and len(points_mm):
+        idx = np.vstack([idx, grid.world_to_index(np.asarray(points_mm, float))])
+    margin = np.ceil(margin_mm / np.asarray(grid.spacing, float))
+    lo = np.maximum(np.floor(idx.min(axis=0)) - margin, 0).astype(int)
+    hi = np.minimum(np.ceil(idx.max(axis=0)) + margin, grid.size_xyz - 1).astype(int)
+    return lo, hi - lo + 1
+
+
+def prepare_fine(pair: Pair, profile: "str | Profile" = "demo", spacing_mm: float | None = None,
+                 prealign: Any = None, margin_mm: float = 10.0) -> Pair:
+    """The two views of a raw pair: a fine view for the INRs whose ``coarse`` is the encoder's view.
+
+    ``coarse = prepare(pair, profile, prealign)`` (the fixed-size patch the REINDIR encoder
+    embeds; its INR frame is the networks' frame, so a template or an embedding means the same
+    world-mm motion on both views). The fine view keeps each image at its own resolution, or
+    resamples it to the isotropic ``spacing_mm`` (anti-aliased), crops it to its lung mask's
+    box plus ``margin_mm`` (landmarks kept inside) and normalises intensities as ``prepare``;
+    the INRs sample it inside its masks. Same world geometry and landmarks as ``pair``; the
+    pre-alignment matrix is the coarse view's."""
+    if pair.coarse is not None or pair.preparation.profile is not None:
+        raise ValueError(f"{pair.name}: prepare_fine needs the raw pair (this one is already prepared"
+                         f"{' as a fine view' if pair.coarse is not None else ''})")
+    if spacing_mm is not None and not (isinstance(spacing_mm, (int, float)) and np.isfinite(spacing_mm)
+                                       and spacing_mm > 0):
+        raise ValueError(f"{pair.name}: spacing_mm must be a positive number of mm or None, got {spacing_mm!r}")
+    coarse = prepare(pair, profile, prealign)
+    before = pair.preparation
+
+    def view(image: Volume, mask: Volume | None, points: np.ndarray | None) -> tuple[Volume, Volume]:
+        mask = _lung_mask_of(image, mask, before)
+        if spacing_mm is not None:
+            image, mask = _to_spacing(pair, image, mask, float(spacing_mm))
+        start, size = _lung_box(image, mask, points, margin_mm)
+        box = _crop_at(image, start, size, None)
+        mask = _crop_at(mask.with_array(np.asarray(mask.array) > 0), start, size, False)
+        return (box if before.normalized else normalize_intensity(box, HU_RANGE)), mask
+
+    fixed, fixed_mask = view(pair.fixed, pair.fixed_mask, pair.fixed_landmarks)
+    moving, moving_mask = view(pair.moving, pair.moving_mask, pair.moving_landmarks)
+    gt = None if pair.ground_truth is None else resample_to_grid(pair.ground_truth, fixed.grid, order=1, default=0.0)
+    return pair.with_preparation(coarse.preparation, fixed=fixed, moving=moving, fixed_mask=fixed_mask,
+                                 moving_mask=moving_mask, ground_truth=gt, coarse=coarse)

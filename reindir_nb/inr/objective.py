@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.geometry import Grid, compose_affine, invert_affine
+from ..core.geometry import apply_affine as apply_affine_np
 from ..core.pair import Pair
 from . import derivatives, losses
 from .network import Params, SirenConfig
@@ -57,6 +58,14 @@ def sample_image(image: Tensor, coords: Tensor) -> Tensor:
     return out.view(-1)
 
 
+def _index_to_inr(grid: Grid, frame: np.ndarray, fine: bool) -> np.ndarray:
+    """4x4: continuous voxel index (x, y, z) of ``grid`` -> INR coords of ``frame`` (the grid's own
+    frame when not ``fine``, computed as before so the numbers stay bit for bit)."""
+    if not fine:
+        return invert_affine(grid.normalized_to_index_matrix())
+    return compose_affine(invert_affine(frame), grid.index_to_world_matrix())
+
+
 def _mask_voxels(grid: Grid, mask) -> np.ndarray:
     """Flat (z, y, x) indices of the voxels points are drawn from (mask, or every voxel)."""
     if mask is None:
@@ -66,7 +75,13 @@ def _mask_voxels(grid: Grid, mask) -> np.ndarray:
 
 @dataclass
 class Problem:
-    """One pair's tensors on a device, ready for sampling (build with :meth:`from_pair`)."""
+    """One pair's tensors on a device, ready for sampling (build with :meth:`from_pair`).
+
+    The INR frame of each side maps INR coords to world mm (``fixed_to_mm`` / ``moving_to_mm``).
+    It is the image grid's own ``[-1, 1]`` frame (:meth:`Grid.normalized_to_world_matrix`), except
+    for a fine view (``pair.coarse`` set, see :func:`reindir_nb.data.preprocess.prepare_fine`): then
+    it is the COARSE view's frame, so the networks, a template and an embedding mean the same
+    world-mm motion on both views, and the images are sampled through ``*_inr_to_image``."""
 
     fixed: Tensor                 # (1, 1, D, H, W) intensities
     moving: Tensor
@@ -80,6 +95,11 @@ class Problem:
     moving_to_mm: Tensor
     fixed_shape: tuple[int, int, int]
     moving_shape: tuple[int, int, int]
+    frames: tuple[np.ndarray, np.ndarray] | None = None  # float64 INR -> world mm (fixed, moving)
+    fixed_inr_to_image: Tensor | None = None    # 4x4 INR -> the image's [-1, 1] sampling coords (None: equal)
+    moving_inr_to_image: Tensor | None = None
+    encoder_fixed: Tensor | None = None         # (1, 1, d, h, w) the encoder's patch (None: ``fixed``)
+    encoder_moving: Tensor | None = None
 
     @classmethod
     def from_pair(
@@ -91,8 +111,11 @@ class Problem:
     ) -> "Problem":
         """``prealign`` is a 4x4 matrix mapping fixed world mm to moving world mm (identity if None)."""
         fg, mg = pair.fixed.grid, pair.moving.grid
+        view = pair.coarse if pair.coarse is not None else pair
+        fixed_frame = view.fixed.grid.normalized_to_world_matrix()
+        moving_frame = view.moving.grid.normalized_to_world_matrix()
         pre = np.eye(4) if prealign is None else np.asarray(prealign, dtype=np.float64)
-        f2m = compose_affine(mg.world_to_normalized_matrix(), pre, fg.normalized_to_world_matrix())
+        f2m = compose_affine(invert_affine(moving_frame), pre, fixed_frame)
 
         def t(a) -> Tensor:
             return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=device)
@@ -100,20 +123,46 @@ class Problem:
         def img(v) -> Tensor:
             return t(np.asarray(v.array, dtype=np.float32))[None, None]
 
+        fine = pair.coarse is not None
         return cls(
             fixed=img(pair.fixed),
             moving=img(pair.moving),
             fixed_voxels=torch.as_tensor(_mask_voxels(fg, pair.fixed_mask), device=device),
             moving_voxels=torch.as_tensor(_mask_voxels(mg, pair.moving_mask), device=device),
-            fixed_index_to_inr=t(invert_affine(fg.normalized_to_index_matrix())),
-            moving_index_to_inr=t(invert_affine(mg.normalized_to_index_matrix())),
+            fixed_index_to_inr=t(_index_to_inr(fg, fixed_frame, fine)),
+            moving_index_to_inr=t(_index_to_inr(mg, moving_frame, fine)),
             f2m=t(f2m),
             m2f=t(invert_affine(f2m)),
-            fixed_to_mm=t(fg.normalized_to_world_matrix()),
-            moving_to_mm=t(mg.normalized_to_world_matrix()),
+            fixed_to_mm=t(fixed_frame),
+            moving_to_mm=t(moving_frame),
             fixed_shape=fg.shape,
             moving_shape=mg.shape,
+            frames=(fixed_frame, moving_frame),
+            fixed_inr_to_image=t(compose_affine(fg.world_to_normalized_matrix(), fixed_frame)) if fine else None,
+            moving_inr_to_image=t(compose_affine(mg.world_to_normalized_matrix(), moving_frame)) if fine else None,
+            encoder_fixed=img(view.fixed) if fine else None,
+            encoder_moving=img(view.moving) if fine else None,
         )
+
+    @property
+    def encoder_images(self) -> tuple[Tensor, Tensor]:
+        """The fixed and moving images the encoder sees (the coarse view's for a fine view)."""
+        return (self.fixed if self.encoder_fixed is None else self.encoder_fixed,
+                self.moving if self.encoder_moving is None else self.encoder_moving)
+
+    def world_to_inr(self, points_mm: np.ndarray, side: str = "fixed") -> np.ndarray:
+        """World mm (N, 3) -> INR coords of ``side`` (float64)."""
+        frame = self._frames()[0 if side == "fixed" else 1]
+        return apply_affine_np(invert_affine(frame), points_mm)
+
+    def inr_to_world(self, coords: np.ndarray, side: str = "moving") -> np.ndarray:
+        """INR coords (N, 3) of ``side`` -> world mm (float64)."""
+        return apply_affine_np(self._frames()[0 if side == "fixed" else 1], coords)
+
+    def _frames(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.frames is None:
+            raise ValueError("this Problem has no frames (build it with Problem.from_pair)")
+        return self.frames
 
     @property
     def device(self) -> torch.device:
@@ -164,11 +213,15 @@ def _axis_stencil(index_to_inr: Tensor, radius_voxels: float) -> Tensor:
     return offsets @ index_to_inr[:3, :3].t()
 
 
-def _sample(image: Tensor, coords: Tensor, stencil: Tensor | None) -> Tensor:
-    if stencil is None:
-        return sample_image(image, coords)
-    k = stencil.shape[0]
-    return sample_image(image, (coords[:, None, :] + stencil[None]).reshape(-1, 3)).view(-1, k)
+def _sample(image: Tensor, coords: Tensor, stencil: Tensor | None, to_image: Tensor | None = None) -> Tensor:
+    """Samples of ``image`` at INR ``coords`` (N,) or, with a ``stencil`` (K, 3) of INR offsets,
+    (N, K); ``to_image`` maps INR coords to the image's sampling coords (None: the same)."""
+    k = 1 if stencil is None else stencil.shape[0]
+    pts = coords if stencil is None else (coords[:, None, :] + stencil[None]).reshape(-1, 3)
+    if to_image is not None:
+        pts = apply_matrix(to_image, pts)
+    out = sample_image(image, pts)
+    return out if stencil is None else out.view(-1, k)
 
 
 # ------------------------------------------------------------------ regulariser registry
@@ -269,11 +322,11 @@ def objective_terms(objective: Objective, forward: Params, backward: Params, pro
     terms: dict[str, Tensor] = {}
     sides = (
         ("f", forward, backward, points_fixed, problem.f2m, problem.m2f, problem.fixed, problem.moving,
-         problem.fixed_to_mm, problem.fixed_index_to_inr),
+         problem.fixed_to_mm, problem.fixed_index_to_inr, problem.fixed_inr_to_image, problem.moving_inr_to_image),
         ("b", backward, forward, points_moving, problem.m2f, problem.f2m, problem.moving, problem.fixed,
-         problem.moving_to_mm, problem.moving_index_to_inr),
+         problem.moving_to_mm, problem.moving_index_to_inr, problem.moving_inr_to_image, problem.fixed_inr_to_image),
     )
-    for tag, net, other, x, to_other, back, own_image, other_image, to_mm, own_index in sides:
+    for tag, net, other, x, to_other, back, own_image, other_image, to_mm, own_index, own_s, other_s in sides:
         if reg.order == 0:
             v, derivative = derivatives.displacement(net, x, omega, method=method), None
         elif reg.order == 1:
@@ -284,7 +337,7 @@ def objective_terms(objective: Objective, forward: Params, backward: Params, pro
         y = apply_matrix(to_other, x + v)
         # a local similarity uses the same INR offsets (from this side's voxel size) in both frames
         stencil = None if sim.stencil_voxels is None else _axis_stencil(own_index, sim.stencil_voxels)
-        terms[f"ncc_{tag}"] = sim.loss(_sample(own_image, x, stencil), _sample(other_image, y, stencil))
+        terms[f"ncc_{tag}"] = sim.loss(_sample(own_image, x, stencil, own_s), _sample(other_image, y, stencil, other_s))
         returned = apply_matrix(back, y + derivatives.displacement(other, y, omega, method=method))
         lin = to_mm[:3, :3].t()
         terms[f"cycle_{tag}"] = losses.cycle_loss(x @ lin, returned @ lin)

@@ -107,7 +107,7 @@ class RegistrationRun:
 
     # ---------------------------------------------------------------- points
     def _inr_points(self, points_mm: np.ndarray) -> Tensor:
-        x = self.pair.fixed.grid.world_to_normalized(points_mm)
+        x = self.problem.world_to_inr(points_mm, "fixed")
         return torch.as_tensor(x, dtype=self.problem.fixed.dtype, device=self.problem.device)
 
     @torch.no_grad()
@@ -130,7 +130,7 @@ class RegistrationRun:
         return torch.cat(out_f), (torch.cat(out_b) if backward else None)
 
     def _to_moving_mm(self, y: Tensor) -> np.ndarray:
-        return self.pair.moving.grid.normalized_to_world(y.double().cpu().numpy())
+        return self.problem.inr_to_world(y.double().cpu().numpy(), "moving")
 
     def transform_points(self, points_mm: np.ndarray, estimate: str = "cycle", iteration: int | None = None) -> np.ndarray:
         """Map fixed world points (N, 3) mm to moving world mm.
