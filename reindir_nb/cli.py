@@ -2,15 +2,17 @@
 
 One subcommand so far, ``register`` (ccIDIR from a random start, or from a Reptile template /
 REINDIR model saved by :mod:`reindir_nb.meta`). It reads the images, masks and landmark files with
-the kit's readers (:func:`reindir_nb.data.datasets.load_generic_pair`), prepares the pair
-(:func:`reindir_nb.prepare`: isotropic resampling, a patch holding the whole lung box, global
-pre-alignment), registers it (:func:`reindir_nb.register`) and writes, atomically (all files or
+the kit's readers (:func:`reindir_nb.data.datasets.load_generic_pair`), prepares the two views of
+the pair (:func:`reindir_nb.data.preprocess.prepare_fine`: the images at their own resolution, or
+``--spacing``, cropped to the lung box, for the INRs; the profile's patch for the encoder, whose
+INR frame the networks use; global pre-alignment), registers it (:func:`reindir_nb.register`) and writes, atomically (all files or
 none), into ``--out``:
 
-* ``displacement_itk.nii.gz``  ITK displacement field, fixed -> moving, world mm (LPS), on the registration grid
+* ``displacement_itk.nii.gz``  ITK displacement field, fixed -> moving, world mm (LPS), on the output grid
 * ``displacement_learn2reg.nii.gz``  Learn2Reg displacement (voxels), on FIXED's own voxel grid
 * ``warped_moving.nii.gz``  MOVING (its own intensities) resampled onto FIXED's grid through the map
-* ``jacobian_determinant.nii.gz``, ``uncertainty_mm.nii.gz``, ``registration_mask.nii.gz``  maps on the registration grid
+* ``jacobian_determinant.nii.gz``, ``uncertainty_mm.nii.gz``, ``registration_mask.nii.gz``  maps on the output grid
+  (isotropic ``--output-spacing`` over the fixed lung box)
 * ``predicted_landmarks.txt`` (elastix point set, with landmarks), ``history.csv``, ``report.json``
 
 Conventions, every option and the exit codes: ``docs/cli.md``. Exit codes: 0 done, 2 bad input
@@ -50,7 +52,6 @@ OUTPUT_FILES = {
     "history": "history.csv",
 }
 REPORT = "report.json"
-CONTEXT_MM = 10.0  # context kept around the lung box on each side of the registration patch (mm)
 
 
 class UserError(Exception):
@@ -119,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--iterations", type=_nonnegative_int, metavar="N",
                      help="optimisation steps (default: the profile's; 0 = the initialisation only)")
     reg.add_argument("--spacing", type=_positive_mm, metavar="MM",
-                     help="isotropic registration spacing in mm (default: the profile's: smoke 8, demo 4, paper 1)")
+                     help="isotropic spacing of the images the INRs register, in mm (default: the images' own "
+                          "resolution); the REINDIR encoder always sees the profile's patch")
+    reg.add_argument("--output-spacing", type=_positive_mm, metavar="MM",
+                     help="isotropic spacing of the written ITK field, det J, uncertainty and mask maps over the "
+                          "fixed lung box (default: the profile's: smoke 8, demo 4, paper 1)")
     reg.add_argument("--prealign", choices=("auto", "affine", "rigid", "none"), default="auto",
                      help="global pre-alignment before the INRs: auto = affine when the lung centroids are more "
                           "than 15 mm apart (default auto)")
@@ -248,22 +253,6 @@ def _check_out(folder: Path) -> None:
     ensure_writable(folder.resolve().parent, f"the output folder {folder.name}")
 
 
-def _registration_profile(pair, profile, spacing_mm: float | None):
-    """``profile`` with the registration spacing (``spacing_mm`` or the profile's) and a patch large
-    enough for the whole lung box of both sides plus :data:`CONTEXT_MM` on each side; never
-    smaller than the profile's patch (a learned init keeps the frame it was trained in when the
-    lungs fit)."""
-    spacing = float(spacing_mm or profile.spacing_mm)
-    margin = max(2, math.ceil(CONTEXT_MM / spacing))  # voxels per side
-    need = np.zeros(3, dtype=int)  # (x, y, z)
-    for mask in (pair.fixed_mask, pair.moving_mask):
-        idx = np.argwhere(np.asarray(mask.array) > 0)[:, ::-1]
-        box_mm = (idx.max(0) - idx.min(0)) * np.asarray(mask.grid.spacing)
-        need = np.maximum(need, np.ceil(box_mm / spacing - 1e-9).astype(int) + 1 + 2 * margin)
-    patch = tuple(int(max(p, n)) for p, n in zip(profile.patch_size, need[::-1]))
-    return profile.with_(spacing_mm=spacing, patch_size=patch)
-
-
 def _with_lung_masks(pair, args: argparse.Namespace):
     """The pair with the threshold lung mask (:func:`reindir_nb.data.preprocess.lung_mask`) of each
     side that has none."""
@@ -335,10 +324,11 @@ def _tre_block(pair, run, field_map, estimate: str) -> dict:
     }, predicted[estimate]
 
 
-def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run) -> dict:
+def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run, grid) -> dict:
     """Every output file into the (temporary) folder ``tmp``; returns the report's file and result parts."""
     from .core.metrics import deformation_statistics
     from .data.io import atomic_path, write_elastix_points, write_image
+    from .data.preprocess import resample_to_grid
     from .inr.export import read_learn2reg_displacement, write_learn2reg_displacement
 
     files = {}
@@ -347,9 +337,10 @@ def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run) -> 
         write_image(volume.with_array(np.asarray(volume.array, dtype=dtype)), tmp / OUTPUT_FILES[key])
         files[key] = OUTPUT_FILES[key]
 
-    _say(args, f"writing the displacement field ({args.estimate} estimate) on the registration grid")
+    _say(args, f"writing the displacement field ({args.estimate} estimate) on the output grid "
+               f"({grid.spacing[0]:g} mm over the fixed lung box)")
     # what inr.export.write_itk_displacement writes, computed once and reused below
-    disp = run.displacement(estimate=args.estimate)
+    disp = run.displacement(estimate=args.estimate, grid=grid)
     image("displacement_itk", disp, np.float64)
     field_map = _FieldMap(disp, run.prealign_matrix, pair)
 
@@ -361,13 +352,16 @@ def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run) -> 
           np.float32)
 
     _say(args, "writing det J and the uncertainty map")
-    det = run.jacobian_determinant()
+    det = run.jacobian_determinant(grid=grid)
     image("jacobian_determinant", det, np.float32)
-    image("uncertainty", run.uncertainty(), np.float32)
-    image("registration_mask", prepared.fixed_mask, np.uint8)
-    stats = deformation_statistics(det.array, prepared.fixed_mask.array)
+    image("uncertainty", run.uncertainty(grid=grid), np.float32)
+    mask = resample_to_grid(prepared.fixed_mask.with_array(prepared.fixed_mask.array.astype(np.float32)), grid,
+                            order=1, default=0.0)
+    mask = mask.with_array(mask.array >= 0.5)
+    image("registration_mask", mask, np.uint8)
+    stats = deformation_statistics(det.array, mask.array)
     deformation = {"folding_fraction": stats["pct_folded"] / 100.0, "pct_folded": stats["pct_folded"],
-                   "std_log_jacobian": stats["std_log_jac"], "where": "inside the fixed lung mask, registration grid"}
+                   "std_log_jacobian": stats["std_log_jac"], "where": "inside the fixed lung mask, output grid"}
 
     landmarks = None
     if pair.has_landmarks:
@@ -394,6 +388,7 @@ def _register_command(args: argparse.Namespace) -> int:
     from .core.files import atomic_folder, atomic_path
     from .core.profiles import get_profile
     from .data.datasets import load_generic_pair
+    from .data.preprocess import isotropic_grid, prepare_fine
 
     timings: dict[str, float] = {}
     try:
@@ -418,13 +413,19 @@ def _register_command(args: argparse.Namespace) -> int:
     pair = _with_lung_masks(pair, args)
     timings["lung_mask_seconds"] = time.perf_counter() - t
 
-    profile = _registration_profile(pair, get_profile(args.profile), args.spacing)
+    profile = get_profile(args.profile)
     t = time.perf_counter()
-    _say(args, f"preparing: {profile.spacing_mm:g} mm, patch {profile.patch_size} (z, y, x) voxels, "
+    _say(args, f"preparing: the INRs' view at {'native resolution' if args.spacing is None else f'{args.spacing:g} mm'}, "
+               f"the encoder's patch {profile.patch_size} (z, y, x) at {profile.spacing_mm:g} mm, "
                f"pre-alignment {args.prealign}")
-    prepared = rn.prepare(pair, profile, prealign=None if args.prealign == "none" else args.prealign)
+    try:
+        prepared = prepare_fine(pair, profile, spacing_mm=args.spacing,
+                                prealign=None if args.prealign == "none" else args.prealign)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     timings["prepare_seconds"] = time.perf_counter() - t  # includes the pre-alignment estimate
-    matrix = prepared.meta.get("prealign_matrix")
+    matrix = prepared.preparation.prealign_matrix
+    out_grid = isotropic_grid(prepared.fixed.grid, args.output_spacing or profile.spacing_mm)
     prealign_kind = "none" if matrix is None else ("affine" if args.prealign == "auto" else args.prealign)
 
     t = time.perf_counter()
@@ -439,7 +440,7 @@ def _register_command(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     with atomic_folder(out) as tmp:
-        results = _write_outputs(tmp, args, pair, prepared, run)
+        results = _write_outputs(tmp, args, pair, prepared, run, out_grid)
         timings["outputs_seconds"] = time.perf_counter() - t
         timings["total_seconds"] = time.perf_counter() - t_start
         report = {
@@ -456,6 +457,9 @@ def _register_command(args: argparse.Namespace) -> int:
             "cpu_threads": torch.get_num_threads(),
             "profile": {"name": profile.name, "spacing_mm": profile.spacing_mm, "patch_size_zyx": profile.patch_size,
                         "points_per_step": profile.points_per_step, "record_every": profile.record_every},
+            "views": {"inr_fixed": _grid_info(prepared.fixed.grid), "inr_moving": _grid_info(prepared.moving.grid),
+                      "encoder_fixed": _grid_info(prepared.coarse.fixed.grid),
+                      "note": "the INRs register the inr_* images in the encoder patch's INR frame"},
             "lung_masks": {"fixed": "given" if args.fixed_mask else "threshold lung mask",
                            "moving": "given" if args.moving_mask else "threshold lung mask"},
             "prealign": {"requested": args.prealign, "used": prealign_kind,

@@ -73,15 +73,24 @@ def test_every_output_file_is_written(result):
     assert history[0].startswith("iteration,seconds") and len(history) == 1 + 2  # steps 0 and 4 (smoke: every 5)
 
 
-def test_registration_patch_holds_the_whole_lung_box(result):
-    """The smoke patch (32^3 at 8 mm = 248 mm) is enlarged along z for the 290 mm tall lung mask."""
+def test_the_inrs_see_the_images_and_the_encoder_the_profile_patch(result):
+    """The INRs' view: FIXED at its own resolution, cropped to the lung box (+10 mm); the encoder's
+    patch and INR frame: the smoke profile's 32^3 at 8 mm; the maps: the 8 mm output grid over the
+    lung box."""
     _, report = result
-    z, y, x = report["profile"]["patch_size_zyx"]
-    assert (y, x) == (32, 32) and z * 8.0 >= 290.0 + 2 * cli.CONTEXT_MM
+    fixed = read_image(FIXED)
+    inr = _grid(report["views"]["inr_fixed"])
+    assert inr.spacing == fixed.grid.spacing
+    start = fixed.grid.world_to_index(np.array([inr.origin]))[0]
+    np.testing.assert_allclose(start, np.round(start), atol=1e-6)  # a crop: FIXED's own voxels
+    assert tuple(report["views"]["encoder_fixed"]["shape_xyz"]) == (32, 32, 32)
     mask = read_image(FIXED_MASK)
     idx = np.argwhere(mask.array > 0)[:, ::-1]
     corners = mask.grid.index_to_world(np.stack([idx.min(0), idx.max(0)]).astype(float))
-    assert _grid(report["registration_grid"]).contains(corners, margin_voxels=0.0).all()
+    assert inr.contains(corners, margin_voxels=0.0).all()
+    out = _grid(report["registration_grid"])
+    assert out.spacing == (8.0, 8.0, 8.0)
+    np.testing.assert_allclose(out.origin, inr.origin)  # same first voxel centre
 
 
 def test_initial_tre_equals_the_landmark_files(result):
@@ -104,8 +113,8 @@ def test_initial_tre_equals_the_landmark_files(result):
 
 def test_itk_field_maps_fixed_landmarks_to_the_predicted_points(result):
     """Read back as a SimpleITK DisplacementFieldTransform (world mm, fixed -> moving, LPS): exact at
-    the field's voxel centres, trilinear in between: on this 8 mm grid the gap to the network at the
-    landmarks is ~0.4 mm (median), under 1 mm here; it falls with the square of ``--spacing``."""
+    the field's voxel centres, trilinear in between: on this 8 mm output grid the gap to the network
+    at the landmarks is ~0.5 mm (median), under 2.5 mm; it falls with the square of ``--output-spacing``."""
     out, report = result
     transform = read_itk_displacement_transform(out / "displacement_itk.nii.gz")
     field = read_image(out / "displacement_itk.nii.gz")
@@ -114,7 +123,7 @@ def test_itk_field_maps_fixed_landmarks_to_the_predicted_points(result):
     predicted = read_elastix_points(out / "predicted_landmarks.txt")
     mapped = np.array([transform.TransformPoint(tuple(map(float, p))) for p in fixed])
     gap = np.linalg.norm(mapped - predicted, axis=1)
-    assert gap.max() < 1.5 and np.median(gap) < 0.6, (gap.max(), np.median(gap))
+    assert gap.max() < 2.5 and np.median(gap) < 0.6, (gap.max(), np.median(gap))
     errors = np.linalg.norm(mapped - read_elastix_points(MOVING_POINTS), axis=1)
     assert errors.mean() == pytest.approx(report["landmarks"]["final_itk_field"]["mean"], abs=1e-6)
     centres = field.grid.voxel_centres_world()[::7, ::5, ::5].reshape(-1, 3)  # voxel centres: exact
@@ -146,8 +155,8 @@ def test_maps_keep_world_geometry(result):
     fixed = read_image(FIXED)
     assert grid.spacing == (8.0, 8.0, 8.0)
     np.testing.assert_allclose(grid.direction, fixed.grid.direction)
-    offset = fixed.grid.world_to_index(np.array([grid.origin]))[0] * np.array(fixed.spacing)  # first voxel centre kept
-    assert np.allclose(offset / 8.0, np.round(offset / 8.0), atol=1e-6)
+    first = fixed.grid.world_to_index(np.array([grid.origin]))[0]  # its first voxel centre is one of FIXED's
+    np.testing.assert_allclose(first, np.round(first), atol=1e-6)
     for name in ("jacobian_determinant.nii.gz", "uncertainty_mm.nii.gz", "registration_mask.nii.gz"):
         vol = read_image(out / name)
         assert vol.grid.same_as(grid), name

@@ -27,6 +27,7 @@ __all__ = [
     "normalize_intensity",
     "resample_to_grid",
     "resample_isotropic",
+    "isotropic_grid",
     "crop_or_pad",
     "lung_mask",
     "scale_augment",
@@ -72,7 +73,7 @@ def resample_to_grid(volume: Volume, grid: Grid, order: int = 1, default: float 
     return Volume(out >= 0.5 if is_bool else out, grid, volume.name)
 
 
-def _isotropic_grid(grid: Grid, spacing_mm: float) -> Grid:
+def isotropic_grid(grid: Grid, spacing_mm: float) -> Grid:
     """Grid with isotropic ``spacing_mm``, the same direction and first voxel centre, whose extent
     matches the old extent to the nearest whole voxel per axis."""
     size_xyz = np.maximum(1, np.round(grid.extent_mm / spacing_mm).astype(int) + 1)
@@ -87,7 +88,7 @@ def resample_isotropic(volume: Volume, spacing_mm: float, order: int = 1, antial
     (the last partial voxel) images get their minimum, masks 0."""
     if not spacing_mm > 0:
         raise ValueError(f"{volume.name or 'volume'}: spacing_mm must be positive, got {spacing_mm}")
-    target = _isotropic_grid(volume.grid, spacing_mm)
+    target = isotropic_grid(volume.grid, spacing_mm)
     src = volume
     if antialias and order == 1 and volume.array.ndim == 3:
         factor = spacing_mm / np.array(volume.spacing)  # (x, y, z)

@@ -162,23 +162,21 @@ class RegistrationRun:
         return np.linalg.norm(pred - self.pair.moving_landmarks, axis=1)
 
     # ---------------------------------------------------------------- fields
-    def _grid_points(self) -> np.ndarray:
-        return self.pair.fixed.grid.voxel_centres_world().reshape(-1, 3)
+    def _grid_points(self, grid: Grid | None = None) -> np.ndarray:
+        return (self.pair.fixed.grid if grid is None else grid).voxel_centres_world().reshape(-1, 3)
 
-    def _fixed_volume(self, values: np.ndarray, name: str):
-        grid = self.pair.fixed.grid
-        return self.pair.fixed.with_array(values.reshape(*grid.shape, *values.shape[1:]), name=name)
+    def _fixed_volume(self, values: np.ndarray, name: str, grid: Grid | None = None):
+        if grid is None:
+            grid = self.pair.fixed.grid
+            return self.pair.fixed.with_array(values.reshape(*grid.shape, *values.shape[1:]), name=name)
+        return Volume(values.reshape(*grid.shape, *values.shape[1:]), grid, name)
 
     def displacement(self, estimate: str = "forward", iteration: int | None = None, grid: Grid | None = None):
         """Displacement Volume of mm vectors (x, y, z), moving point - fixed point, at the voxel
         centres of the fixed grid (or of ``grid``, any grid in fixed world space, e.g. the original
         full-resolution fixed CT); the pre-alignment included."""
-        if grid is None:
-            pts = self._grid_points()
-            return self._fixed_volume(self.transform_points(pts, estimate, iteration) - pts, "displacement (mm)")
-        pts = grid.voxel_centres_world().reshape(-1, 3)
-        disp = (self.transform_points(pts, estimate, iteration) - pts).reshape(*grid.shape, 3)
-        return Volume(disp, grid, "displacement (mm)")
+        pts = self._grid_points(grid)
+        return self._fixed_volume(self.transform_points(pts, estimate, iteration) - pts, "displacement (mm)", grid)
 
     def warp(self, volume=None, estimate: str = "forward", iteration: int | None = None, order: int = 1):
         """``volume`` (default: the pair's moving image; any Volume in moving world space)
@@ -188,19 +186,20 @@ class RegistrationRun:
         return self._fixed_volume(volume.sample_world(moved, order=order), f"warped {volume.name}")
 
     @torch.no_grad()
-    def jacobian_determinant(self, iteration: int | None = None):
+    def jacobian_determinant(self, iteration: int | None = None, grid: Grid | None = None):
         """det of the spatial Jacobian of the whole fixed->moving map (pre-alignment included),
-        on the fixed grid (unitless; <= 0 means folding)."""
+        on the fixed grid or ``grid`` (any grid in fixed world space; unitless, <= 0: folding)."""
         fwd, _ = self.params_at(iteration)
-        x = self._inr_points(self._grid_points())
+        x = self._inr_points(self._grid_points(grid))
         eye = torch.eye(3, dtype=x.dtype, device=x.device)
         dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1]) for xs in torch.split(x, FIELD_CHUNK)]
         det = torch.cat(dets).double().cpu().numpy() * float(np.linalg.det(self.prealign_matrix[:3, :3]))
-        return self._fixed_volume(det, "det J")
+        return self._fixed_volume(det, "det J", grid)
 
-    def uncertainty(self, iteration: int | None = None):
-        """Cycle-uncertainty map (mm) on the fixed grid."""
-        return self._fixed_volume(self.point_uncertainty(self._grid_points(), iteration), "cycle uncertainty (mm)")
+    def uncertainty(self, iteration: int | None = None, grid: Grid | None = None):
+        """Cycle-uncertainty map (mm) on the fixed grid or ``grid``."""
+        return self._fixed_volume(self.point_uncertainty(self._grid_points(grid), iteration),
+                                  "cycle uncertainty (mm)", grid)
 
     def _in_mask(self, values: np.ndarray) -> np.ndarray:
         mask = self.pair.fixed_mask
