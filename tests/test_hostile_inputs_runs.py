@@ -39,6 +39,8 @@ TINY = dict(outer_steps=2, inner_steps=2, inner_points=200, progress=False)
     ({"iterations": 2.7}, TypeError, "iterations"),
     ({"iterations": "10"}, TypeError, "iterations"),
     ({"seed": "0"}, TypeError, "seed"),
+    ({"seed": 1.5}, TypeError, "seed"),
+    ({"iterations": "abc"}, TypeError, "iterations"),
     ({"lr": float("nan")}, ValueError, "lr"),
     ({"lr": -1e-4}, ValueError, "lr"),
     ({"record_every": 0}, ValueError, "record_every"),
@@ -177,3 +179,38 @@ def test_meta_training_stops_on_a_non_finite_loss(tmp_path, cohorts):
     assert model.info["diverged"], "a diverged training must say so"
     assert any("training stopped" in str(w.message) and str(ckpt) in str(w.message) for w in caught)
     assert all(torch.isfinite(t).all() for t in model.forward + model.backward)
+
+
+def test_point_arrays_must_be_n_by_3(pair):
+    run = rn.register(pair, iterations=0, **REG)
+    good = pair.fixed_landmarks[:4]
+    for bad, match in ((good.T, r"\(N, 3\)"), (np.hstack([good, np.ones((4, 1))]), r"\(N, 3\)"),
+                       (np.zeros((0, 3)), "empty|no points|N == 0|at least one"), (None, "None")):
+        with pytest.raises((TypeError, ValueError), match=f"points_mm.*({match})|({match}).*points_mm"):
+            run.transform_points(bad)
+    with pytest.raises(ValueError, match="points_mm"):
+        run.point_uncertainty(np.full((2, 3), np.nan))
+
+
+def test_network_and_export_arguments_are_checked():
+    from reindir_nb.inr.export import refine_grid
+
+    for bad, error in ((dict(omega=0), ValueError), (dict(omega=float("nan")), ValueError),
+                       (dict(hidden=2.5), TypeError), (dict(hidden_layers=0), ValueError)):
+        with pytest.raises(error, match="SirenConfig"):
+            SirenConfig(**bad)
+    grid = rn.Grid((4, 4, 4), (2.0, 2.0, 2.0))
+    with pytest.raises(TypeError, match="refine factor"):
+        refine_grid(grid, 2.5)
+    assert refine_grid(grid, 2).spacing == (1.0, 1.0, 1.0)
+
+
+def test_an_unwritable_results_folder_fails_before_any_registration(tmp_path, pair, monkeypatch):
+    calls = []
+    monkeypatch.setattr(rn.evaluation.methods._registration, "register", lambda *a, **k: calls.append(1))
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a folder")
+    kw = dict(seeds=[0], iterations=[0, 1], progress=False, points_per_step=300, prealign="none")
+    with pytest.raises(NotADirectoryError, match="afile"):
+        rn.evaluate.sweep([pair], {"ccIDIR": "random"}, results_path=blocker / "t.csv", **kw)
+    assert calls == []

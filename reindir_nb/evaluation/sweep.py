@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.files import ensure_writable
 from ..core.metrics import deformation_statistics  # noqa: F401  (public re-export: rn.evaluate)
 from ..core.pair import Pair
 from .elastix import elastix_available, elastix_config, elastix_register  # noqa: F401  (re-exported)
@@ -203,6 +204,7 @@ def sweep(
     base = Path(results_path) if results_path is not None else Path(workspace) / "results" / "sweep.csv"
     path = shard_path(base, index, count)
 
+    ensure_writable(path.parent, f"the sweep table {path.name}")  # before any registration runs
     grid = sweep_grid(pairs, methods, seeds, config, folds)
     mine = shard_cells(grid, index, count)
     table = load_results(path) if resume and path.exists() else pd.DataFrame(columns=RESULT_COLUMNS)

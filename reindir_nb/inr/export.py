@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.checks import require_int
 from ..core.geometry import Grid
 from ..data.io import atomic_path, write_image
 
@@ -32,9 +33,7 @@ def write_itk_displacement(run, path: str | Path, estimate: str = "forward", gri
 def refine_grid(grid: Grid, factor: int) -> Grid:
     """A grid over the same voxel-centre extent with ``factor`` times finer spacing
     (``(n - 1) * factor + 1`` voxels per axis; same origin and direction)."""
-    if int(factor) < 1:
-        raise ValueError(f"refine factor must be a positive integer, got {factor!r}")
-    f = int(factor)
+    f = require_int(factor, "refine factor", 1)  # 2.5 is refused, not truncated
     return Grid(tuple((n - 1) * f + 1 for n in grid.shape), tuple(s / f for s in grid.spacing), grid.origin, grid.direction)
 
 

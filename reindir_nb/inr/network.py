@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.checks import require_float, require_int
+
 __all__ = ["SirenConfig", "init_siren", "siren", "phi", "MODULATED_LAYERS", "num_layers", "layer", "clone_params", "Params"]
 
 # indices of the linear layers whose weights/biases REINDIR modulates (hidden -> hidden)
@@ -41,6 +43,12 @@ class SirenConfig:
     hidden_layers: int = 3
     omega: float = 30.0
     output_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_int(self.hidden, "SirenConfig.hidden", 1)
+        require_int(self.hidden_layers, "SirenConfig.hidden_layers", 1)
+        require_float(self.omega, "SirenConfig.omega", positive=True)
+        require_float(self.output_scale, "SirenConfig.output_scale", minimum=0.0)
 
 
 def num_layers(params: Params) -> int:

@@ -34,6 +34,7 @@ from ..core.metrics import deformation_statistics, target_registration_error
 from .network import Params, SirenConfig, clone_params, init_siren, siren
 from .objective import LossWeights, Objective, Problem, apply_matrix
 from ..core.pair import Pair
+from ..core.points import as_points
 from ..core.profiles import get_profile
 from ..core.volume import Volume
 from ..data.prealign import resolve_prealign
@@ -140,14 +141,14 @@ class RegistrationRun:
         """
         if estimate not in ("forward", "cycle"):
             raise ValueError(f"estimate must be 'forward' or 'cycle', got {estimate!r}")
-        pts = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+        pts = as_points(points_mm, "points_mm")
         y_f, y_b = self._estimates(self._inr_points(pts), iteration, backward=estimate == "cycle")
         return self._to_moving_mm(y_f if y_b is None else 0.5 * (y_f + y_b))
 
     def point_uncertainty(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
         """Cycle uncertainty (mm) at fixed world points: distance between the forward estimate and
         the inverted backward estimate."""
-        y_f, y_b = self._estimates(self._inr_points(np.asarray(points_mm, float).reshape(-1, 3)), iteration)
+        y_f, y_b = self._estimates(self._inr_points(as_points(points_mm, "points_mm")), iteration)
         return np.linalg.norm(self._to_moving_mm(y_f) - self._to_moving_mm(y_b), axis=1)
 
     @property

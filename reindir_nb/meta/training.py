@@ -13,8 +13,16 @@ iteration 0 at test time measures; see :class:`TrainSettings`). The templates mo
 
 (Algorithm 1 as printed subtracts; that moves away from the adapted weights — a sign slip.)
 
+Every task (the ``tasks_per_set`` tasks of every set, in sorted set order, per outer step) draws
+its pair, its scale factor and its sample points from generators seeded by (seed, outer step,
+task index) alone, so the tasks of one outer step are independent and can run on any rank:
+under ``torchrun`` (:mod:`reindir_nb.meta.distributed`) rank r runs tasks r, r+K, ...; the
+Reptile deltas (and, with ``encoder_update="averaged"``, the encoder/head gradients) are
+all-reduced and averaged over the tasks in task order, so a K-rank run equals the serial run
+(docs/distributed.md).
+
 Checkpoints hold everything needed to continue with identical numbers (templates, encoder,
-optimiser and scheduler states, random generator states, the step). ``model.save(path)`` and
+optimiser and scheduler states, the step); they do not depend on the number of ranks. ``model.save(path)`` and
 :func:`load` write/read models; training logs are CSV files appended every outer step.
 """
 
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import time
 import warnings
@@ -43,6 +52,7 @@ from ..core.profiles import Profile, get_profile
 from ..inr.network import Params, SirenConfig, clone_params, init_siren
 from ..inr.objective import Objective, Problem
 from ..inr.registration import register
+from .distributed import Comm, setup
 from .encoder import Encoder
 from .infusion import InfusionHeads
 
@@ -127,7 +137,7 @@ class ReindirModel(nn.Module):
 
     def patches(self, problem: Problem) -> Tensor:
         """``(1, 2, D, H, W)``: fixed and moving intensities on the encoder's patch size."""
-        fixed, moving = problem.fixed, problem.moving
+        fixed, moving = problem.encoder_images  # the coarse view of a fine view
         size = self.encoder.patch_size
         if tuple(fixed.shape[2:]) != size:
             fixed = nn.functional.interpolate(fixed, size=size, mode="trilinear", align_corners=True)
@@ -247,10 +257,21 @@ class TrainSettings:
     # the zero-shot loss cut the zero-shot TRE from 4.04 to 3.56-3.65 mm; on the adapted loss the
     # encoder learns nothing (README, benchmarks/results/meta_demo).
     encoder_loss_at: str = "adapted"
+    # Tasks drawn from every set per outer step (paper: 1). The effective batch of an outer step is
+    # ``tasks_per_set * sets`` tasks whatever the number of ranks; raise it to keep more ranks busy.
+    tasks_per_set: int = 1
+    # REINDIR encoder/heads updates. "sequential": one Adam step after every task, in task order
+    # (Algorithm 1 as printed; serial runs only). "averaged": one Adam step per outer step on the
+    # gradient averaged over its tasks, all with the encoder of the start of the step (what
+    # several ranks can compute in parallel; equals "sequential" with a single task per step).
+    encoder_update: str = "sequential"
 
     def __post_init__(self) -> None:
         if self.encoder_loss_at not in ("adapted", "template"):
             raise ValueError(f"encoder_loss_at must be 'adapted' or 'template', got {self.encoder_loss_at!r}")
+        if self.encoder_update not in ("sequential", "averaged"):
+            raise ValueError(f"encoder_update must be 'sequential' or 'averaged', got {self.encoder_update!r}")
+        require_int(self.tasks_per_set, "tasks_per_set", 1)
         require_int(self.outer_steps, "outer_steps", 0)  # 0: an untrained model (REINDIR == its template)
         require_int(self.inner_steps, "inner_steps", 1)
         require_int(self.inner_points, "inner_points", 1)
@@ -335,9 +356,14 @@ class _Trainer:
 
     def __init__(self, kind: str, cohorts: dict[str, list[Pair]], settings: TrainSettings, profile: Profile,
                  seed: int, device: torch.device, width: int, embedding_length: int,
-                 start: ReptileTemplate | None = None):
+                 start: ReptileTemplate | None = None, comm: Comm | None = None):
         self.kind, self.cohorts, self.settings, self.profile = kind, cohorts, settings, profile
         self.device, self.seed, self.step = device, seed, 0
+        self.comm = comm or Comm.serial(device)
+        if kind == "reindir" and settings.encoder_update == "sequential" and self.comm.world > 1:
+            raise ValueError(f"encoder_update='sequential' (one encoder step after every task, in order) cannot be "
+                             f"spread over {self.comm.world} ranks; pass encoder_update='averaged' (one step per outer "
+                             "step on the task-averaged gradient, docs/distributed.md)")
         config = settings.siren
         gen = make_generator(seed)
         template = ReptileTemplate(init_siren(config, gen), init_siren(config, gen), config)
@@ -358,14 +384,35 @@ class _Trainer:
             self.optimiser = torch.optim.Adam(params, lr=settings.encoder_lr)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimiser, _cosine_with_restarts(settings.outer_steps, settings.warmup_steps, settings.cycles))
-        self.rng = np.random.default_rng(seed)
-        self.points = make_generator(seed + 1)
+        self._seed_task(0)  # self.rng (pair, scale) and self.points (sample points): reseeded per task
         self.log_rows: list[dict] = []
         self.elapsed = 0.0
 
     @property
     def template(self) -> ReptileTemplate:
         return self.model if isinstance(self.model, ReptileTemplate) else self.model.template
+
+    @property
+    def averaged(self) -> bool:
+        """REINDIR with one encoder step per outer step on the task-averaged gradient."""
+        return isinstance(self.model, ReindirModel) and self.settings.encoder_update == "averaged"
+
+    def learned(self) -> list[Tensor]:
+        """The encoder and head parameters (what Adam updates), in a fixed order."""
+        return [p for g in self.optimiser.param_groups for p in g["params"]] if self.optimiser is not None else []
+
+    def tasks(self) -> list[str]:
+        """The set of each task of one outer step, in task order: every set (sorted by name),
+        ``tasks_per_set`` times in a row."""
+        return [name for name in sorted(self.cohorts) for _ in range(self.settings.tasks_per_set)]
+
+    def _seed_task(self, index: int) -> None:
+        """Generators of task ``index`` of the current outer step, seeded by (seed, step, index)
+        only (not by the rank): ``self.rng`` picks the pair and the scale factor, ``self.points``
+        (CPU, so every device draws the same points) the sample points."""
+        pick, points = np.random.SeedSequence([self.seed, self.step, int(index)]).spawn(2)
+        self.rng = np.random.default_rng(pick)
+        self.points = make_generator(int(points.generate_state(1, np.uint64)[0] >> np.uint64(1)))
 
     # ------------------------------------------------------------ one task
     def _problem(self, pair: Pair) -> Problem:
@@ -416,28 +463,35 @@ class _Trainer:
             sgd.step()
         return [p.detach() for p in fwd], [p.detach() for p in bwd], first, frozen
 
-    def encoder_step(self, problem: Problem, forward: Params, backward: Params) -> float:
+    def encoder_step(self, problem: Problem, forward: Params, backward: Params, step: bool = True) -> float:
         """First-order encoder update: the loss at the adapted weights ``forward``/``backward`` (held
-        fixed) infused with the embedding re-attached; one Adam step on encoder + heads only."""
+        fixed) infused with the embedding re-attached; one Adam step on encoder + heads only.
+        ``step=False``: only accumulate the gradient in ``.grad`` (``encoder_update="averaged"``)."""
         adapted = [p.detach() for p in forward], [p.detach() for p in backward]
         total = self._loss(*self.model.infused(self.model.embed(problem), *adapted), problem)["total"]
         _require_finite(total, "encoder loss")
-        self.optimiser.zero_grad(set_to_none=True)
+        if step:
+            self.optimiser.zero_grad(set_to_none=True)
         total.backward()
-        self.optimiser.step()
+        if step:
+            self.optimiser.step()
         return float(total.detach())
 
     def _task(self, pair: Pair) -> tuple[Params, Params, dict[str, float]]:
+        """One task: adapted (forward, backward) template copies and the losses. REINDIR with
+        ``encoder_update="sequential"`` also takes the task's Adam step; with "averaged" the
+        task's encoder/head gradient is left in ``.grad`` for :meth:`outer_step`."""
         problem = self._problem(pair)
         reindir = isinstance(self.model, ReindirModel)
         at_template = reindir and self.settings.encoder_loss_at == "template"
-        if at_template:
+        step_now = reindir and not self.averaged
+        if at_template and step_now:
             self.optimiser.zero_grad(set_to_none=True)
         fwd, bwd, first, mods = self.adapt(problem, encoder_grad=at_template)
         if reindir and not at_template:
-            adapted_loss = self.encoder_step(problem, fwd, bwd)
+            adapted_loss = self.encoder_step(problem, fwd, bwd, step=step_now)
         else:
-            if at_template:
+            if at_template and step_now:
                 self.optimiser.step()  # the gradient of the first inner step's (zero-shot) loss
             used = (fwd, bwd) if mods is None else self.model.heads.modulated(mods, fwd, bwd)
             with torch.set_grad_enabled(self.settings.objective.needs_grad):  # for the log
@@ -456,22 +510,65 @@ class _Trainer:
             raise Diverged(f"outer step {self.step}: {err}") from None
 
     def _outer_step(self) -> dict:
+        """Run this rank's tasks, then all-reduce one ``(tasks, values)`` buffer: per task its Reptile
+        delta (adapted - template), its encoder/head gradient (``averaged``) and its two losses, in
+        its own row (zeros elsewhere, so the sum over ranks is exact); rows are summed in task
+        order and divided by the number of tasks, as in a serial run. A Diverged task on any rank
+        stops every rank (an all-reduced flag) before anything changes."""
         t0 = time.perf_counter()
-        adapted_f, adapted_b, row = [], [], {"step": self.step}
-        for name in sorted(self.cohorts):
-            pairs = self.cohorts[name]
-            pair = pairs[int(self.rng.integers(len(pairs)))]
-            fwd, bwd, stats = self._task(pair)
-            adapted_f.append(fwd)
-            adapted_b.append(bwd)
-            row.update({f"{name}/{k}": v for k, v in stats.items()})
-        s = self.settings
-        eps = s.eps * (1 - self.step / s.outer_steps) if s.anneal_eps else s.eps
+        s, comm = self.settings, self.comm
+        names = self.tasks()
+        count = len(names)
         tmpl = self.template
-        dev_f = [p.to(self.device) for p in tmpl.forward]
-        dev_b = [p.to(self.device) for p in tmpl.backward]
-        tmpl.forward = [p.detach() for p in reptile_update(dev_f, adapted_f, eps)]
-        tmpl.backward = [p.detach() for p in reptile_update(dev_b, adapted_b, eps)]
+        base = [p.to(self.device) for p in tmpl.forward + tmpl.backward]
+        n_forward = len(tmpl.forward)
+        learned = self.learned() if self.averaged else []
+        n_siren, n_learned = sum(p.numel() for p in base), sum(p.numel() for p in learned)
+        rows = torch.zeros(count, n_siren + n_learned + 2, dtype=base[0].dtype, device=self.device)
+        failed, message = count, ""
+        for t in comm.mine(count):
+            self._seed_task(t)
+            pairs = self.cohorts[names[t]]
+            pair = pairs[int(self.rng.integers(len(pairs)))]
+            if learned:
+                self.optimiser.zero_grad(set_to_none=True)
+            try:
+                fwd, bwd, stats = self._task(pair)
+            except Diverged as err:
+                failed, message = t, f"task {t} ({names[t]}, {pair.name}): {err}"
+                break
+            rows[t, :n_siren] = torch.cat([(a - p0).reshape(-1) for a, p0 in zip(fwd + bwd, base)])
+            if learned:
+                rows[t, n_siren:n_siren + n_learned] = torch.cat(
+                    [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in learned])
+            rows[t, -2] = stats["loss_first"]
+            rows[t, -1] = stats["loss_adapted"]
+        first_failed = comm.min_int(failed)
+        if first_failed < count:
+            raise Diverged(message if failed == first_failed else
+                           f"task {first_failed} ({names[first_failed]}) on rank {first_failed % comm.world} diverged")
+        comm.sum_(rows)
+        total = rows[0].clone()
+        for t in range(1, count):  # task order: the same additions on every rank and in a serial run
+            total += rows[t]
+        mean = total / count
+        eps = s.eps * (1 - self.step / s.outer_steps) if s.anneal_eps else s.eps
+        new, offset = [], 0
+        for p0 in base:
+            new.append((p0 + eps * mean[offset:offset + p0.numel()].view_as(p0)).detach())
+            offset += p0.numel()
+        tmpl.forward, tmpl.backward = new[:n_forward], new[n_forward:]
+        if learned:
+            for p in learned:
+                p.grad = mean[offset:offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+            self.optimiser.step()
+        row = {"step": self.step}
+        losses = rows[:, -2:].double().cpu().numpy()
+        for name in sorted(self.cohorts):
+            mine = [t for t, n in enumerate(names) if n == name]
+            row[f"{name}/loss_first"] = float(losses[mine, 0].mean())
+            row[f"{name}/loss_adapted"] = float(losses[mine, 1].mean())
         if self.scheduler is not None:
             row["encoder_lr"] = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
@@ -488,7 +585,6 @@ class _Trainer:
             "step": self.step, "kind": self.kind, "model": self.model.state(), "elapsed": self.elapsed,
             "optimiser": None if self.optimiser is None else self.optimiser.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "rng": self.rng.bit_generator.state, "points": self.points.get_state(),
             "log": self.log_rows if with_log else [], "torch_rng": torch.get_rng_state(),
         }
 
@@ -505,8 +601,6 @@ class _Trainer:
         else:
             self.model = model
         self.step, self.elapsed = state["step"], state["elapsed"]
-        self.rng.bit_generator.state = state["rng"]
-        self.points.set_state(state["points"])
         torch.set_rng_state(state["torch_rng"])
         self.log_rows = list(state["log"])
 
@@ -597,7 +691,7 @@ def _resume(trainer: "_Trainer", files: TrainingFiles, fingerprint: dict[str, st
 def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, files: TrainingFiles, progress: bool,
            stop_after: int | None, architecture: tuple[int | None, int | None] = (None, None),
            start: "ReptileTemplate | str | Path | None" = None, heldout: HeldOut | None = None,
-           **changes) -> "ReptileTemplate | ReindirModel":
+           distributed: bool | None = None, **changes) -> "ReptileTemplate | ReindirModel":
     prof = get_profile(profile)
     seed = require_int(seed, "seed", 0)
     if stop_after is not None:
@@ -608,44 +702,79 @@ def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, file
         raise ValueError(f"start must be a Reptile template (or its file), got {type(start).__name__}")
     settings = TrainSettings.for_profile(prof, **changes)
     width, embedding_length = architecture
-    trainer = _Trainer(kind, _as_cohorts(cohorts), settings, prof, seed, get_device(device),
-                       width or prof.encoder_width, embedding_length or prof.embedding_length, start)
+    comm = _comm(distributed, device)
+    trainer = _Trainer(kind, _as_cohorts(cohorts), settings, prof, seed, comm.device,
+                       width or prof.encoder_width, embedding_length or prof.embedding_length, start, comm)
     fingerprint = _fingerprint(kind, trainer, start)
+    comm.verify_same(json.dumps(fingerprint, sort_keys=True) + _model_hash(trainer),
+                     "the training inputs (data, settings, seed, initial model)")
     _resume(trainer, files, fingerprint)
-    if files.log:
+    comm.verify_same(_model_hash(trainer), "the state to continue from (step and model; after resuming "
+                     f"{files.checkpoint} where one exists)")
+    tasks = len(trainer.tasks())
+    if comm.is_main and comm.world > tasks:
+        warnings.warn(f"{comm.world} ranks but {tasks} tasks per outer step: ranks {tasks}..{comm.world - 1} idle; "
+                      f"tasks_per_set={-(-comm.world // len(trainer.cohorts))} would use them (a larger batch)",
+                      RuntimeWarning, stacklevel=3)
+    if files.log and comm.is_main:
         files.log.parent.mkdir(parents=True, exist_ok=True)
     last = settings.outer_steps if stop_after is None else min(settings.outer_steps, stop_after)
     diverged = None
-    bar = tqdm(total=settings.outer_steps, initial=trainer.step, desc=f"{kind} ({prof.name})", disable=not progress)
+    bar = tqdm(total=settings.outer_steps, initial=trainer.step, desc=f"{kind} ({prof.name})",
+               disable=not (progress and comm.is_main))
     while trainer.step < last:
         try:
             row = trainer.outer_step()
         except Diverged as err:
             diverged = str(err)
-            warnings.warn(f"{kind} training stopped: {err}; the model is the last finite state (outer step "
-                          f"{trainer.step}){'' if files.checkpoint is None else f', {files.checkpoint} keeps it'}",
-                          RuntimeWarning, stacklevel=3)
+            if comm.is_main:
+                warnings.warn(f"{kind} training stopped: {err}; the model is the last finite state (outer step "
+                              f"{trainer.step}){'' if files.checkpoint is None else f', {files.checkpoint} keeps it'}",
+                              RuntimeWarning, stacklevel=3)
             break
         if heldout is not None and (trainer.step % heldout.every == 0 or trainer.step == last):
-            row["heldout_tre_mm"] = _heldout_tre(trainer.model, heldout)
+            # rank 0 evaluates, every rank logs the same number (the log rows are in the checkpoint)
+            row["heldout_tre_mm"] = comm.broadcast_float(_heldout_tre(trainer.model, heldout) if comm.is_main else None)
         bar.update(1)
         bar.set_postfix(loss=np.mean([v for k, v in row.items() if k.endswith("loss_adapted")]))
-        if files.log:
+        if files.log and comm.is_main:
             _write_log(trainer.log_rows, files.log)
-        if files.checkpoint is not None and (trainer.step % files.checkpoint_every == 0 or trainer.step == last):
+        if comm.is_main and files.checkpoint is not None and (
+                trainer.step % files.checkpoint_every == 0 or trainer.step == last):
             save_atomic({**trainer.checkpoint_state(), "format_version": FORMAT_VERSION,
                          "fingerprint": fingerprint}, files.checkpoint)
     bar.close()
+    comm.barrier()  # rank 0's last checkpoint is on disk before any rank goes on (and may read it)
     model = trainer.model
     info = {"profile": prof.name, "outer_steps": trainer.step, "seconds": trainer.elapsed, "seed": seed,
             "sets": sorted(trainer.cohorts), "settings": {k: str(v) for k, v in vars(settings).items()},
             "start": None if start is None else dict(start.info), "fingerprint": fingerprint,
-            "diverged": diverged}
+            "diverged": diverged, "ranks": comm.world}
     model.info = info
     if isinstance(model, ReindirModel):
         model.template.info = info
         model.eval()
     return model
+
+
+def _comm(distributed: bool | None, device) -> Comm:
+    """This process's :class:`Comm`: distributed when ``distributed`` is True (joining the process
+    group torchrun describes if none is initialised yet) or None with a process group already
+    initialised; serial otherwise."""
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed:
+        return Comm.serial(get_device(device))
+    return setup(device)
+
+
+def _model_hash(trainer: "_Trainer") -> str:
+    """Hash of the trainer's model parameters and step (to check that ranks agree)."""
+    model = trainer.model
+    tensors = list(trainer.template.forward) + list(trainer.template.backward)
+    if isinstance(model, ReindirModel):
+        tensors += [p.detach() for p in model.parameters()]
+    return f"{trainer.step}:{content_hash(tensors)}"
 
 
 def _files(checkpoint, checkpoint_every, log_path, resume) -> TrainingFiles:
@@ -660,17 +789,25 @@ def _heldout(pairs: Sequence[Pair] | None, every: int) -> HeldOut | None:
 def train_reptile(cohorts, profile: "str | Profile" = "demo", seed: int = 0, device=None,
                   checkpoint: str | Path | None = None, checkpoint_every: int = 25, log_path: str | Path | None = None,
                   resume: bool = True, progress: bool = True, stop_after: int | None = None,
-                  heldout: Sequence[Pair] | None = None, heldout_every: int = 25, **settings) -> ReptileTemplate:
+                  heldout: Sequence[Pair] | None = None, heldout_every: int = 25, distributed: bool | None = None,
+                  **settings) -> ReptileTemplate:
     """Reptile templates for both INRs. ``cohorts``: {set name: [prepared Pair, ...]} (or a list of
     pairs, grouped by ``dataset``); ``settings`` override :class:`TrainSettings` fields (and the
     objective's, e.g. ``similarity="lncc"``). ``checkpoint`` is written every
     ``checkpoint_every`` steps and at the end; with ``resume`` an existing checkpoint written for
     the same inputs is continued (other inputs: an error naming what differs; ``resume=False``
     starts over). ``heldout`` pairs: their zero-shot TRE is logged every ``heldout_every`` steps.
-    ``stop_after`` ends early (to test resuming). A non-finite loss stops training with a warning;
-    ``model.info["diverged"]`` says where."""
+    ``stop_after`` ends early (to test resuming). A non-finite loss (on any rank) stops training with
+    a warning; ``model.info["diverged"]`` says where.
+
+    ``distributed``: spread the tasks of every outer step over the ranks of a torch.distributed
+    process group (True: join the one ``torchrun`` describes; None: only if one is initialised).
+    Every rank passes the same arguments and gets the same model; rank 0 alone writes the log and
+    the checkpoint. The result equals the serial run's to float rounding (docs/distributed.md):
+    the number of ranks changes the speed, not the effective batch (``tasks_per_set`` x sets)."""
     return _train("reptile", cohorts, profile, seed, device, _files(checkpoint, checkpoint_every, log_path, resume),
-                  progress, stop_after, heldout=_heldout(heldout, heldout_every), **settings)
+                  progress, stop_after, heldout=_heldout(heldout, heldout_every), distributed=distributed,
+                  **settings)
 
 
 def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, device=None,
@@ -678,38 +815,62 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
                   resume: bool = True, progress: bool = True, width: int | None = None,
                   embedding_length: int | None = None, stop_after: int | None = None,
                   start: "ReptileTemplate | str | Path | None" = None, heldout: Sequence[Pair] | None = None,
-                  heldout_every: int = 25, **settings) -> ReindirModel:
+                  heldout_every: int = 25, distributed: bool | None = None, **settings) -> ReindirModel:
     """REINDIR (encoder + infusion heads + templates), Algorithm 1 with the Reptile sign fixed.
     Arguments as :func:`train_reptile`, plus the encoder's ``width`` and ``embedding_length``.
 
     ``start``: a trained Reptile template (or its file) to start the templates from instead of a
     fresh initialisation (a CPU shortcut: the paper trains everything from scratch; with a small
-    ``eps`` the encoder then learns against a nearly stationary template)."""
+    ``eps`` the encoder then learns against a nearly stationary template).
+
+    Distributed runs need ``encoder_update="averaged"`` (one encoder step per outer step on the
+    gradient averaged over its tasks; the default "sequential" steps after every task in turn)."""
     return _train("reindir", cohorts, profile, seed, device, _files(checkpoint, checkpoint_every, log_path, resume),
                   progress, stop_after, (width, embedding_length), start=start,
-                  heldout=_heldout(heldout, heldout_every), **settings)
+                  heldout=_heldout(heldout, heldout_every), distributed=distributed, **settings)
 
 
 def train_folds(pairs: Sequence[Pair], folder: str | Path, kind: str = "reindir", k: int = 5, seed: int = 0,
                 profile: "str | Profile" = "demo", progress: bool = True, warm_start: bool = False,
-                **kwargs) -> dict[int, Path]:
+                only: Sequence[int] | None = None, **kwargs) -> dict[int, Path]:
     """k-fold cross-validation: one model per fold trained on the other folds' pairs (stratified per
     set, :func:`reindir_nb.datasets.kfold_splits`), saved as ``folder/{kind}_fold{i}.pt``; also
     writes ``folder/folds.csv`` (pair name -> fold that holds it out). ``warm_start`` (REINDIR):
-    start fold i from ``folder/reptile_fold{i}.pt`` (train the Reptile folds first)."""
+    start fold i from ``folder/reptile_fold{i}.pt`` (train the Reptile folds first).
+
+    Distributed (``distributed=True``, or under an initialised process group): every fold is one
+    distributed run of all ranks, one fold after the other; rank 0 writes the files (``folder``
+    must be the same shared folder on every rank).
+
+    ``only``: train just these fold indices (e.g. one fold per cluster job); ``folds.csv`` still
+    lists every fold (the split depends only on the pairs, ``k`` and ``seed``)."""
     from ..data.datasets import kfold_splits
 
+    if kind not in ("reindir", "reptile"):
+        raise ValueError(f"kind must be 'reptile' or 'reindir', got {kind!r}")
+    comm = _comm(kwargs.get("distributed"), kwargs.get("device"))
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if comm.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
     train = train_reindir if kind == "reindir" else train_reptile
     paths = {}
     rows = []
-    for i, (train_idx, test_idx) in enumerate(kfold_splits(pairs, k, seed)):
+    splits = kfold_splits(pairs, k, seed)
+    wanted = set(range(k)) if only is None else {int(i) for i in only}
+    if not wanted <= set(range(k)):
+        raise ValueError(f"only: fold indices {sorted(wanted - set(range(k)))} not in 0..{k - 1}")
+    for i, (train_idx, test_idx) in enumerate(splits):
+        rows += [{"pair": pairs[j].name, "dataset": pairs[j].dataset, "fold": i} for j in test_idx]
+        if i not in wanted:
+            continue
         if kind == "reindir" and warm_start:
             kwargs["start"] = folder / f"reptile_fold{i}.pt"
         model = train([pairs[j] for j in train_idx], profile=profile, seed=seed + i, progress=progress,
                       checkpoint=folder / f"{kind}_fold{i}.ckpt", **kwargs)
-        paths[i] = model.save(folder / f"{kind}_fold{i}.pt")
-        rows += [{"pair": pairs[j].name, "dataset": pairs[j].dataset, "fold": i} for j in test_idx]
-    _write_log(rows, folder / "folds.csv")
+        paths[i] = folder / f"{kind}_fold{i}.pt"
+        if comm.is_main:
+            model.save(paths[i])
+    if comm.is_main:
+        _write_log(rows, folder / "folds.csv")
+    comm.barrier()  # the fold files exist before any rank returns (and may read them)
     return paths
