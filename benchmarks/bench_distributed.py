@@ -79,6 +79,29 @@ def measure(kind: str, cohorts, size: str, settings: dict, config: str) -> float
     return _steps_per_second(log)
 
 
+def sweep_runs_per_second(folder: Path, shards: int, seeds: int, iterations: int) -> float:
+    """Runs per second of a smoke ccIDIR sweep over 1 held-out pair x ``seeds`` seeds: one process
+    (2 threads), or ``shards`` shard processes at once (1 thread each) plus the merge."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.rmtree(folder, ignore_errors=True)
+    base = [sys.executable, "-m", "reindir_nb.sweep", "--workspace", str(folder), "--profile", "smoke",
+            "--methods", "ccIDIR", "--styles", "nlst", "--held-out-per-style", "1", "--seeds", str(seeds),
+            "--iterations", "0", str(iterations), "--quiet"]
+    t0 = time.perf_counter()
+    if shards == 1:
+        subprocess.run([*base, "--shard", "0/1"], check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs = [subprocess.Popen([*base, "--shard", f"{i}/{shards}"], env=env) for i in range(shards)]
+        if any(q.wait() for q in procs):
+            raise SystemExit("a sweep shard failed")
+        subprocess.run([*base[:7], "--merge"], check=True)
+    return seeds / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["smoke", "demo"], choices=["smoke", "demo"])
@@ -86,10 +109,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="outer steps per run (the first is not timed)")
     ap.add_argument("--tasks-per-set", type=int, default=1)
     ap.add_argument("--pairs", type=int, default=2, help="phantom pairs per style")
+    ap.add_argument("--sweep-seeds", type=int, default=6, help="runs of the sweep measurement (0: skip it)")
+    ap.add_argument("--sweep-iterations", type=int, default=20)
+    ap.add_argument("--only-sweep", action="store_true", help="skip the training measurements")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {os.getloadavg()}")
     t0 = time.perf_counter()
-    for size in args.sizes:
+    for size in ([] if args.only_sweep else args.sizes):
         cohorts = {s: [rn.prepare(p, size) for p in rn.phantom.make_cohort(s, args.pairs, 0, size, progress=False)]
                    for s in ("dirlab", "nlst", "cbct")}
         settings = _settings(size, args.steps, args.tasks_per_set)
@@ -108,6 +134,20 @@ def main() -> None:
                   f"serial 1 thread {med['serial1']:7.3f} steps/s | 2 ranks / serial-2-threads "
                   f"{med['ranks2'] / med['serial2']:4.2f}x, / serial-1-thread {med['ranks2'] / med['serial1']:4.2f}x")
             print("           rounds: " + "; ".join(f"{c} " + ", ".join(f"{r:.3f}" for r in v) for c, v in rates.items()))
+    if args.sweep_seeds:
+        import tempfile
+
+        rates = {1: [], 2: []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(args.rounds):
+                for shards in (1, 2):  # interleaved rounds
+                    rates[shards].append(sweep_runs_per_second(Path(tmp) / f"s{shards}", shards, args.sweep_seeds,
+                                                               args.sweep_iterations))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        print(f"\nsweep (smoke ccIDIR, {args.sweep_seeds} runs of {args.sweep_iterations} steps, process start and "
+              f"phantom preparation included): unsharded {med[1]:.3f} runs/s | 2 shards {med[2]:.3f} runs/s "
+              f"(merge included) | {med[2] / med[1]:.2f}x")
+        print("  rounds: " + "; ".join(f"{k} shard(s) " + ", ".join(f"{r:.3f}" for r in v) for k, v in rates.items()))
     print(f"\nload average after: {os.getloadavg()}; total {time.perf_counter() - t0:.0f} s")
 
 

@@ -59,34 +59,27 @@ class UserError(Exception):
 
 
 # ------------------------------------------------------------------------------------ parser
-def _nonnegative_int(text: str) -> int:
+def _parsed(text: str, convert, kind: str, ok, need: str):
+    """``convert(text)`` for argparse, an ArgumentTypeError saying what was expected otherwise."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
     return value
+
+
+def _nonnegative_int(text: str) -> int:
+    return _parsed(text, int, "a whole number", lambda v: v >= 0, ">= 0")
 
 
 def _positive_mm(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of mm, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of mm, got {text!r}")
-    return value
+    return _parsed(text, float, "a number of mm", lambda v: math.isfinite(v) and v > 0, "a positive number of mm")
 
 
 def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
+    return _parsed(text, float, "a number", math.isfinite, "finite")
 
 
 def build_parser() -> argparse.ArgumentParser:
