@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import evaluation
     from .evaluation.workspace import Workspace
+    from .meta.distributed import env_world_size, rank_device, share_cores
 
     try:
         ws = Workspace(args.workspace, args.profile, **({"styles": tuple(args.styles)} if args.styles else {}))
@@ -96,13 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         profile = ws.profile
         shard = args.shard if args.shard is not None else "auto"
+        device = args.device
+        if args.shard is None and env_world_size() > 1:  # one shard per torchrun rank: its GPU, or its share of the cores
+            device = rank_device(args.device)
+            if device.type == "cpu":
+                share_cores()
         methods, folds = _methods(args, ws)
         pairs, source = ws.sweep_pairs(folds, per_style=args.held_out_per_style)
         budget = profile.elastix_budget
         table = evaluation.sweep(
             pairs, methods, seeds=range(profile.seeds if args.seeds is None else args.seeds),
             iterations=profile.eval_iterations if args.iterations is None else args.iterations,
-            regulariser=args.regulariser, results_path=results, folds=folds, device=args.device,
+            regulariser=args.regulariser, results_path=results, folds=folds, device=device,
             progress=not args.quiet, resume=not args.no_resume, shard=shard,
             points_per_step=profile.points_per_step if args.points_per_step is None else args.points_per_step,
             elastix_kwargs=None if budget is None else dict(max_iterations=budget[0], resolutions=budget[1]))

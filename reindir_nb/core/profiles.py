@@ -33,6 +33,7 @@ class Profile:
     elastix_budget: tuple[int, int] | None = None  # (iterations, resolutions) of a quick elastix; None: full
     bending_points_per_step: int | None = None     # test-time batch of the bending sweep (None: points_per_step)
     reindir_warm_start: bool = False  # REINDIR templates start from the Reptile template (CPU profiles)
+    reindir_warm_eps: float = 0.1     # how far the warm-started templates move per outer step (Reptile eps)
     propagation: tuple[int, int, int] = (10, 5, 2500)  # keypoint propagation: runs, kept, iterations
 
     def reindir_steps(self, outer_steps: int | None = None, warm_start: bool | None = None) -> int:

@@ -137,7 +137,7 @@ class Workspace:
         warm = self.profile.reindir_warm_start
         reindir = training.train_reindir(pairs, profile=self.profile, progress=False,
                                          outer_steps=self.profile.reindir_steps(),
-                                         **({"start": reptile, "eps": 0.1} if warm else {}))
+                                         **({"start": reptile, "eps": self.profile.reindir_warm_eps} if warm else {}))
         reptile.save(self.checkpoints / "reptile.pt")
         reindir.save(self.checkpoints / "reindir.pt")
         return {"Reptile": reptile, "REINDIR": reindir}, None

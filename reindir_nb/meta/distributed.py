@@ -56,6 +56,14 @@ def cpu_threads(local_world_size: int) -> int:
     return max(1, cores // max(1, int(local_world_size)))
 
 
+def share_cores(threads: int | None = None) -> int:
+    """Set this process's intra-op threads to ``threads`` (default :func:`cpu_threads` of the
+    ranks on this machine) so that co-located ranks do not oversubscribe the cores; returns it."""
+    n = int(threads) if threads is not None else cpu_threads(_local()[1])
+    torch.set_num_threads(n)
+    return n
+
+
 def rank_device(device=None) -> torch.device:
     """The device of this rank: ``cuda:{LOCAL_RANK}`` when ``device`` is None or ``"cuda"`` (no
     index) and GPUs exist, the given device otherwise (CPU when there are no GPUs)."""
@@ -102,7 +110,7 @@ def setup(device=None, threads: int | None = None, backend: str | None = None,
     elif dev.type == "cuda":
         torch.cuda.set_device(dev)
     if dev.type == "cpu" and (threads is not None or not _THREADS_SET):
-        torch.set_num_threads(int(threads) if threads is not None else cpu_threads(_local()[1]))
+        share_cores(threads)
         _THREADS_SET = True
     return Comm(dist.get_rank(), dist.get_world_size(), dev, True)
 

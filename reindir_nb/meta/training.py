@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ..core.checks import require_float, require_int
 from ..core.device import get_device, make_generator
-from ..core.files import atomic_path
+from ..core.files import atomic_path, ensure_writable
 from ..core.fingerprint import content_hash, data_identity, mismatch
 from ..core.pair import Pair
 from ..core.profiles import Profile, get_profile
@@ -716,8 +716,10 @@ def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, file
         warnings.warn(f"{comm.world} ranks but {tasks} tasks per outer step: ranks {tasks}..{comm.world - 1} idle; "
                       f"tasks_per_set={-(-comm.world // len(trainer.cohorts))} would use them (a larger batch)",
                       RuntimeWarning, stacklevel=3)
-    if files.log and comm.is_main:
-        files.log.parent.mkdir(parents=True, exist_ok=True)
+    if comm.is_main:  # a folder that cannot be written fails now, not after the training
+        for path, what in ((files.checkpoint, "the training checkpoint"), (files.log, "the training log")):
+            if path is not None:
+                ensure_writable(path.parent, f"{what} {path.name}")
     last = settings.outer_steps if stop_after is None else min(settings.outer_steps, stop_after)
     diverged = None
     bar = tqdm(total=settings.outer_steps, initial=trainer.step, desc=f"{kind} ({prof.name})",
