@@ -4,6 +4,10 @@ REINDIR on HELD-OUT phantom pairs: mean TRE at iteration 0 and 25, mean and rang
     .venv/bin/python benchmarks/bench_meta_demo.py [--profile demo] [--outer-steps N] [--seeds 5]
         [--workspace W]   (--seeds 0: train and save only; bench_sweep_demo.py then evaluates)
         [--reindir-start-from-reptile --reindir-eps 0.1]   (REINDIR warm-started from the Reptile template)
+        [--swap-probability 0.5]   (both models trained on both breathing directions)
+        [--reindir-start-from-reptile --reindir-inner-steps 0 --encoder-steps 3 --encoder-input pair+difference]
+                                   (REINDIR: the encoder alone on the frozen Reptile template)
+        [--directions as-generated swapped]   (evaluate the held-out pairs both ways)
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=25)
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--methods", nargs="+", default=["reptile", "reindir"], choices=["reptile", "reindir"],
+    ap.add_argument("--methods", nargs="*", default=["reptile", "reindir"], choices=["reptile", "reindir"],
                     help="what to train (a method not trained is loaded from OUT/<method>.pt)")
     ap.add_argument("--workspace", default=None,
                     help="also save the models as WORKSPACE/checkpoints/{reptile,reindir}.pt (what "
@@ -35,18 +39,45 @@ def main() -> None:
     ap.add_argument("--reindir-start-from-reptile", action="store_true",
                     help="start REINDIR's templates from the Reptile template of this run (or OUT/reptile.pt)")
     ap.add_argument("--reindir-eps", type=float, default=None, help="REINDIR's Reptile step eps (default: settings)")
+    ap.add_argument("--reindir-outer-steps", type=int, default=None, help="REINDIR's outer steps (default: --outer-steps)")
+    ap.add_argument("--reindir-inner-steps", type=int, default=None,
+                    help="REINDIR's inner steps (0: encoder only on the frozen start template)")
+    ap.add_argument("--encoder-steps", type=int, default=None, help="zero-shot encoder updates per task")
+    ap.add_argument("--encoder-input", default="pair", help="pair | pair+difference")
+    ap.add_argument("--swap-probability", type=float, default=0.0, help="both models: chance a task is swapped")
+    ap.add_argument("--directions", nargs="+", default=["as-generated"], choices=["as-generated", "swapped"])
+    ap.add_argument("--thorax", type=int, default=0,
+                    help="also evaluate on N bundled:thorax-ct pairs (real anatomy never trained on: domain shift)")
+    ap.add_argument("--pairs-cache", default=None, help="save the prepared pairs here once, load them after")
+    ap.add_argument("--heldout-every", type=int, default=25, help="log the held-out zero-shot TRE every N steps")
     args = ap.parse_args()
     prof = rn.get_profile(args.profile)
     n_train = args.train_pairs or prof.cohort_size
     styles = ("dirlab", "nlst", "cbct")
     t0 = time.perf_counter()
-    train = {s: [rn.prepare(rn.phantom.make_pair(seed=i, style=s, profile=prof.name), prof) for i in range(n_train)] for s in styles}
-    test = [rn.prepare(rn.phantom.make_pair(seed=10_000 + i, style=s, profile=prof.name), prof)
-            for s in styles for i in range(args.test_pairs)]  # seeds never used in training
-    print(f"data: {n_train} training pairs per style, {len(test)} held-out pairs ({time.perf_counter() - t0:.0f} s)")
+    cache = Path(args.pairs_cache) if args.pairs_cache else None
+    names = {"train": [(s, i) for s in styles for i in range(n_train)],
+             "test": [(s, 10_000 + i) for s in styles for i in range(args.test_pairs)]}  # seeds never trained on
+    if cache is not None and (cache / "manifest.csv").is_file():
+        saved = {p.name: p for p in rn.io.load_manifest(cache)}
+    else:
+        saved = {}
+    def pair(style, seed):
+        name = f"phantom-{style}-{seed:03d}"
+        if name not in saved:
+            saved[name] = rn.prepare(rn.phantom.make_pair(seed=seed, style=style, profile=prof.name), prof)
+        return saved[name]
+    train = {s: [pair(s, i) for t, i in names["train"] if t == s] for s in styles} if args.methods else {}
+    test = [pair(s, i) for s, i in names["test"]]
+    shifted = [rn.prepare(rn.load_pair("bundled:thorax-ct", seed=i), prof) for i in range(args.thorax)]
+    if cache is not None and not (cache / "manifest.csv").is_file():
+        rn.io.save_pairs(list(saved.values()), cache)
+    print(f"data: {n_train if args.methods else 0} training pairs per style, {len(test)} held-out pairs ({time.perf_counter() - t0:.0f} s)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     changes = {} if args.outer_steps is None else {"outer_steps": args.outer_steps}
+    if args.swap_probability:
+        changes["swap_probability"] = args.swap_probability
     trained = {}
     for method, train_fn in (("reptile", rn.meta.train_reptile), ("reindir", rn.meta.train_reindir)):
         if method not in args.methods:
@@ -58,8 +89,14 @@ def main() -> None:
                 extra["start"] = trained["reptile"][0]
             if args.reindir_eps is not None:
                 extra["eps"] = args.reindir_eps
+            for key, value in (("outer_steps", args.reindir_outer_steps), ("inner_steps", args.reindir_inner_steps),
+                               ("encoder_steps", args.encoder_steps)):
+                if value is not None:
+                    extra[key] = value
+            extra["encoder_input"] = args.encoder_input
         t = time.perf_counter()
-        trained[method] = (train_fn(train, prof, log_path=out / f"{method}_log.csv", **changes, **extra),
+        trained[method] = (train_fn(train, prof, log_path=out / f"{method}_log.csv", heldout=test,
+                                    heldout_every=args.heldout_every, **{**changes, **extra}),
                            time.perf_counter() - t)
         trained[method][0].save(out / f"{method}.pt")
     (template, t_reptile), (model, t_reindir) = trained["reptile"], trained["reindir"]
@@ -72,26 +109,42 @@ def main() -> None:
           f"REINDIR {t_reindir:.0f} s ({model.info['outer_steps']} outer steps)")
     if args.seeds == 0:
         return
+    from reindir_nb.data.preprocess import swap_direction
+
     rows = []
-    for pair in test:
-        for name, init in (("ccIDIR", "random"), ("Reptile", template), ("REINDIR", model)):
-            for seed in range(args.seeds):
-                run = rn.register(pair, init=init, iterations=args.iterations, seed=seed, prealign="none",
-                                  record_every=args.iterations, progress=False)
-                for _, r in run.history.iterrows():
-                    rows.append({"pair": pair.name, "style": pair.dataset, "method": name, "seed": seed,
-                                 "iteration": int(r["iteration"]), "tre_mean_mm": r["tre_mean_mm"],
-                                 "seconds": r["seconds"]})
+    record = 5 if args.iterations % 5 == 0 else args.iterations
+    for direction in args.directions:
+        for pair in test + shifted:
+            pair = swap_direction(pair) if direction == "swapped" else pair
+            for name, init in (("ccIDIR", "random"), ("Reptile", template), ("REINDIR", model)):
+                for seed in range(args.seeds):
+                    run = rn.register(pair, init=init, iterations=args.iterations, seed=seed, prealign="none",
+                                      record_every=record, progress=False)
+                    for _, r in run.history.iterrows():
+                        rows.append({"direction": direction, "pair": pair.name, "style": pair.dataset, "method": name,
+                                     "seed": seed, "iteration": int(r["iteration"]), "tre_mean_mm": r["tre_mean_mm"],
+                                     "seconds": r["seconds"], "start": run.settings.get("start", "")})
     table = pd.DataFrame(rows)
     table.to_csv(out / "meta_demo_tre.csv", index=False)
-    per_seed = table.groupby(["method", "iteration", "seed"])["tre_mean_mm"].mean().reset_index()
-    summary = per_seed.groupby(["iteration", "method"])["tre_mean_mm"].agg(["mean", "min", "max"]).round(2)
-    print("\nmean TRE over held-out pairs (mm): mean and range over seeds")
-    print(summary.to_string())
-    by_style = table.groupby(["style", "iteration", "method"])["tre_mean_mm"].median().unstack("method").round(2)
-    print("\nmedian TRE per style (mm)")
-    print(by_style.to_string())
+    table = table[table["iteration"].isin({0, 10, args.iterations})]
+    table["set"] = np.where(table["style"].str.startswith("phantom"), "held-out phantoms", "thorax-ct (domain shift)")
+    for (group, direction), part in table.groupby(["set", "direction"]):
+        direction = f"{group}, {direction}"
+        per_seed = part.groupby(["method", "iteration", "seed"])["tre_mean_mm"].mean().reset_index()
+        summary = per_seed.groupby(["iteration", "method"])["tre_mean_mm"].agg(["mean", "min", "max"]).round(2)
+        print(f"\n[{direction}] mean TRE over held-out pairs (mm): mean and range over seeds")
+        print(summary.to_string())
+        means = per_seed.groupby(["iteration", "method"])["tre_mean_mm"].mean().unstack("method")
+        print("REINDIR / Reptile: " + ", ".join(f"{it}: {r:.2f}" for it, r in (means["REINDIR"] / means["Reptile"]).items()))
+        by_style = part.groupby(["style", "iteration", "method"])["tre_mean_mm"].mean().unstack("method").round(2)
+        print(f"[{direction}] mean TRE per style (mm)")
+        print(by_style.to_string())
+        starts = part[part["iteration"] == 0].groupby("method")["start"].agg(
+            lambda v: f"{sum(str(x).startswith('identity') for x in v)} of {len(v)} runs")
+        print("safe start chose the identity: " + "; ".join(f"{k}: {v}" for k, v in starts.items()))
     print(f"\ninitial mean distance of the held-out pairs: {np.mean([p.initial_distances().mean() for p in test]):.2f} mm")
+    if shifted:
+        print(f"initial mean distance of the thorax-ct pairs: {np.mean([p.initial_distances().mean() for p in shifted]):.2f} mm")
 
 
 if __name__ == "__main__":

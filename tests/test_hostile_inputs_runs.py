@@ -100,7 +100,7 @@ def test_a_start_worse_than_identity_is_not_used(pair):
 @pytest.mark.parametrize("changes, match", [
     ({"outer_steps": -3}, "outer_steps"),
     ({"inner_lr": float("nan")}, "inner_lr"),
-    ({"inner_steps": 0}, "inner_steps"),
+    ({"inner_steps": -1}, "inner_steps"),
     ({"eps": -0.5}, "eps"),
     ({"encoder_lr": float("inf")}, "encoder_lr"),
 ])

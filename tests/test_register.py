@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import reindir_nb as rn
-from reindir_nb.core.geometry import apply_affine
+from reindir_nb.core.geometry import Grid, apply_affine
 from reindir_nb.inr.network import SirenConfig, clone_params, init_siren
 from reindir_nb.core.metrics import target_registration_error
 from reindir_nb.inr.registration import Initialiser
@@ -153,3 +153,31 @@ def test_real_pair_prealign_and_ccidir():
                                             pair.moving_landmarks)["mean"]
     tre = run.history.set_index("iteration")["tre_mean_mm"]
     assert pair.initial_distances().mean() > 34 and affine_only < 9.0 and tre.iloc[-1] < affine_only, (affine_only, tre)
+
+
+def test_det_j_is_computed_once_per_state_and_recomputed_after_a_change(phantom_pairs, monkeypatch):
+    """folding_fraction + std_log_jacobian of one state evaluate the Jacobian once; a snapshot, another
+    grid or an in-place change of the networks is recomputed (never a stale map)."""
+    from reindir_nb.inr import registration
+
+    run = rn.register(phantom_pairs["dirlab"], iterations=10, record_every=5, seed=0, prealign="none", progress=False)
+    calls = []
+    jacobian = registration.derivatives.jacobian
+    monkeypatch.setattr(registration.derivatives, "jacobian", lambda *a, **k: calls.append(1) or jacobian(*a, **k))
+    first = run.jacobian_determinant().array
+    n = len(calls)
+    run.folding_fraction(), run.std_log_jacobian()
+    assert n > 0 and len(calls) == n
+    first[...] = 0.0  # the caller's copy, not the cache
+    again = run.jacobian_determinant().array
+    assert len(calls) == n and np.all(again != 0.0)
+    earlier = run.jacobian_determinant(iteration=5).array
+    assert len(calls) == 2 * n and not np.allclose(earlier, again)
+    g = run.pair.fixed.grid
+    coarse = Grid(tuple(max(2, s // 2) for s in g.shape), tuple(2 * v for v in g.spacing), g.origin, g.direction)
+    run.jacobian_determinant(grid=coarse)
+    assert len(calls) > 2 * n
+    with torch.no_grad():
+        run.forward[2].mul_(1.5)  # in place: the same tensors, other values
+    changed = run.jacobian_determinant().array
+    assert not np.allclose(changed, again)

@@ -35,6 +35,13 @@ class Profile:
     reindir_warm_start: bool = False  # REINDIR templates start from the Reptile template (CPU profiles)
     reindir_warm_eps: float = 0.1     # how far the warm-started templates move per outer step (Reptile eps)
     propagation: tuple[int, int, int] = (10, 5, 2500)  # keypoint propagation: runs, kept, iterations
+    # meta-training recipe (README "Training recipes"): both models see both breathing directions
+    # with this probability; a warm-started REINDIR trains its encoder alone on the frozen Reptile
+    # template (no inner loop) with ``reindir_encoder_steps`` zero-shot updates per task
+    swap_probability: float = 0.0
+    reindir_encoder_only: bool = False
+    reindir_encoder_steps: int = 1
+    encoder_input: str = "pair"       # what the REINDIR encoder reads (meta.encoder.ENCODER_INPUTS)
 
     def reindir_steps(self, outer_steps: int | None = None, warm_start: bool | None = None) -> int:
         """Outer steps of REINDIR when Reptile trains ``outer_steps`` (default: the profile's):
@@ -42,6 +49,18 @@ class Profile:
         n = self.outer_steps if outer_steps is None else int(outer_steps)
         warm = self.reindir_warm_start if warm_start is None else bool(warm_start)
         return max(1, 2 * n // 3) if warm else n
+
+    def reindir_settings(self, warm_start: bool | None = None, eps: float | None = None) -> dict:
+        """The REINDIR-only arguments of ``train_reindir`` / ``train_folds`` for this profile's
+        recipe (``start`` aside): the encoder input and, when warm-started, either the encoder-only
+        phase (``inner_steps=0``, ``encoder_steps``) or the gentle template step ``eps``."""
+        warm = self.reindir_warm_start if warm_start is None else bool(warm_start)
+        out: dict = {"encoder_input": self.encoder_input}
+        if warm and self.reindir_encoder_only and eps is None:
+            out.update(inner_steps=0, encoder_steps=self.reindir_encoder_steps)
+        elif warm:
+            out["eps"] = self.reindir_warm_eps if eps is None else float(eps)
+        return out
 
     def with_(self, **changes) -> "Profile":
         """A copy with some fields changed (e.g. ``profile.with_(outer_steps=50)``)."""
@@ -55,6 +74,7 @@ PROFILES: dict[str, Profile] = {
         encoder_width=2, embedding_length=65, seeds=2, folds=2, eval_iterations=(0, 5, 10),
         held_out_per_style=1, voxelmorph_epochs=1, elastix_budget=(50, 1), bending_points_per_step=500,
         reindir_warm_start=True, propagation=(2, 1, 10),
+        swap_probability=0.5, reindir_encoder_only=True, reindir_encoder_steps=3, encoder_input="pair+difference",
     ),
     "demo": Profile(
         # 5000 test-time points: a 2-core CPU step takes ~0.28 s instead of ~0.6-0.8 s at 10000
@@ -67,6 +87,9 @@ PROFILES: dict[str, Profile] = {
         # warm-started REINDIR (templates from the Reptile template, eps 0.1) needs 2/3 of the outer steps
         held_out_per_style=2, voxelmorph_epochs=10, reindir_warm_start=True,
         propagation=(4, 2, 100),
+        # both directions, encoder alone on the frozen template (100 x 3 tasks x 3 updates: 438 s);
+        # measured in benchmarks/results/meta_demo/recipe_demo.txt
+        swap_probability=0.5, reindir_encoder_only=True, reindir_encoder_steps=3, encoder_input="pair+difference",
     ),
     "paper": Profile(
         name="paper", spacing_mm=1.0, patch_size=(336, 288, 366), cohort_size=100, points_per_step=10000,

@@ -31,6 +31,7 @@ __all__ = [
     "crop_or_pad",
     "lung_mask",
     "scale_augment",
+    "swap_direction",
     "prepare",
     "prepare_fine",
 ]
@@ -330,6 +331,22 @@ def scale_augment(
         ground_truth=rescale(pair.ground_truth, 1, factor=scale),
         fixed_landmarks=fl, moving_landmarks=ml, meta=meta,
     )
+
+
+def swap_direction(pair: Pair) -> Pair:
+    """The same pair registered the other way: fixed and moving swapped (images, masks, landmarks,
+    and the coarse view of a fine view). ``meta["swapped"]`` flips; ``ground_truth`` (``u`` on the
+    old fixed grid) and ``meta["motion"]`` no longer describe the pair and are dropped; landmark
+    TRE stays exact (the landmark pairs swap with the images). Swapping twice gives the original
+    images and landmarks back. Meta-training uses it as an augmentation
+    (``TrainSettings.swap_probability``): the templates then see both breathing directions and only
+    the encoder can tell which way a pair moves."""
+    meta = {k: v for k, v in pair.meta.items() if k != "motion"}
+    meta["swapped"] = not bool(pair.meta.get("swapped", False))
+    coarse = None if pair.coarse is None else swap_direction(pair.coarse)
+    return replace(pair, fixed=pair.moving, moving=pair.fixed, fixed_mask=pair.moving_mask,
+                   moving_mask=pair.fixed_mask, fixed_landmarks=pair.moving_landmarks,
+                   moving_landmarks=pair.fixed_landmarks, ground_truth=None, meta=meta, coarse=coarse)
 
 
 # --------------------------------------------------------------------- prepare

@@ -136,8 +136,8 @@ class Workspace:
         reptile = training.train_reptile(pairs, profile=self.profile, progress=False)
         warm = self.profile.reindir_warm_start
         reindir = training.train_reindir(pairs, profile=self.profile, progress=False,
-                                         outer_steps=self.profile.reindir_steps(),
-                                         **({"start": reptile, "eps": self.profile.reindir_warm_eps} if warm else {}))
+                                         outer_steps=self.profile.reindir_steps(), start=reptile if warm else None,
+                                         **self.profile.reindir_settings())
         reptile.save(self.checkpoints / "reptile.pt")
         reindir.save(self.checkpoints / "reindir.pt")
         return {"Reptile": reptile, "REINDIR": reindir}, None

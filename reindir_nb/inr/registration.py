@@ -85,6 +85,9 @@ class RegistrationRun:
     encoder_seconds: float = 0.0
     settings: dict = field(default_factory=dict)
     diverged: bool = False         # the loss became non-finite; the run stopped at the last finite state
+    # the last det J map computed (key, values): folding_fraction, std_log_jacobian and a plot of
+    # the same iteration on the same grid compute it once
+    _det_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------- params
     def params_at(self, iteration: int | None = None) -> tuple[Params, Params]:
@@ -191,11 +194,17 @@ class RegistrationRun:
         """det of the spatial Jacobian of the whole fixed->moving map (pre-alignment included),
         on the fixed grid or ``grid`` (any grid in fixed world space; unitless, <= 0: folding)."""
         fwd, _ = self.params_at(iteration)
-        x = self._inr_points(self._grid_points(grid))
-        eye = torch.eye(3, dtype=x.dtype, device=x.device)
-        dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1]) for xs in torch.split(x, FIELD_CHUNK)]
-        det = torch.cat(dets).double().cpu().numpy() * float(np.linalg.det(self.prealign_matrix[:3, :3]))
-        return self._fixed_volume(det, "det J", grid)
+        key = (grid, self.prealign_matrix.tobytes(),  # the params' sums: any change to them (also in place) is seen
+               tuple(float(p.detach().double().sum()) for p in fwd), tuple(float(p.detach().abs().sum()) for p in fwd))
+        if self._det_cache.get("key") != key:
+            x = self._inr_points(self._grid_points(grid))
+            eye = torch.eye(3, dtype=x.dtype, device=x.device)
+            dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1])
+                    for xs in torch.split(x, FIELD_CHUNK)]
+            det = torch.cat(dets).double().cpu().numpy() * float(np.linalg.det(self.prealign_matrix[:3, :3]))
+            self._det_cache.clear()
+            self._det_cache.update(key=key, det=det)
+        return self._fixed_volume(self._det_cache["det"].copy(), "det J", grid)
 
     def uncertainty(self, iteration: int | None = None, grid: Grid | None = None):
         """Cycle-uncertainty map (mm) on the fixed grid or ``grid``."""
@@ -294,6 +303,7 @@ def register(
     record_tre: bool = True,
     objective: Objective | None = None,
     safe_start: bool = True,
+    lr_warmup: int = 5,
 ) -> RegistrationRun:
     """ccIDIR test-time optimisation of one pair: Adam (``lr``) on the forward and backward
     SIRENs, ``points_per_step`` points per network per step drawn with a generator seeded from
@@ -310,6 +320,12 @@ def register(
     tensors are cloned, never modified). With ``safe_start`` a learned start whose similarity
     loss is worse than the identity's starts from the identity instead (its hidden layers, a
     zero output layer); ``run.settings["start"]`` and the history's ``start`` column say which.
+    ``lr_warmup``: the learning rate rises linearly over the first ``lr_warmup`` steps (step i uses
+    ``lr * (i + 1) / lr_warmup``): Adam's first steps move every weight by about ``lr`` whatever
+    its gradient, which can undo part of a good learned start; 0 uses ``lr`` from step 0. Measured
+    on the 6 held-out demo phantoms, mean TRE at 10 / 25 steps without -> with 5 warm-up steps:
+    REINDIR 2.07 -> 1.71 / 1.23 -> 1.12 mm, Reptile 1.98 -> 1.67 / 1.26 -> 1.17, random init
+    3.69 -> 3.59 / 2.07 -> 2.06 (benchmarks/results/meta_demo/recipe_demo.txt).
     ``prealign``: see :func:`reindir_nb.data.prealign.resolve_prealign`.
 
     History rows (every ``record_every`` steps and the last) hold the state after exactly that
@@ -331,6 +347,7 @@ def register(
     seed = require_int(seed, "seed", 0)
     snapshot_limit = require_int(snapshot_limit, "snapshot_limit", 1)
     lr = require_float(lr, "lr", positive=True)
+    lr_warmup = require_int(lr_warmup, "lr_warmup", 0)
     if siren is not None and not isinstance(siren, SirenConfig):
         raise TypeError(f"siren must be a SirenConfig, got {type(siren).__name__}")
     if output_scale is not None:
@@ -373,7 +390,8 @@ def register(
         pair=pair, problem=problem, forward=fwd, backward=bwd, siren_config=config, prealign_matrix=pre,
         history=pd.DataFrame(), iterations=0, encoder_seconds=encoder_seconds,
         settings={"init": "random" if isinstance(init, str) else type(init).__name__, "prealign": kind,
-                  "regulariser": objective.regulariser, "points_per_step": points, "lr": lr, "seed": seed,
+                  "regulariser": objective.regulariser, "points_per_step": points, "lr": lr,
+                  "lr_warmup": lr_warmup, "seed": seed,
                   "similarity": objective.similarity, "device": str(dev), "start": start,
                   "objective": objective},
     )
@@ -433,6 +451,8 @@ def register(
                         {k: v.detach() for k, v in terms.items()})
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
+            if lr_warmup:
+                optimiser.param_groups[0]["lr"] = lr * min(1.0, (it + 1) / lr_warmup)
             optimiser.step()
             elapsed += step_seconds + time.perf_counter() - t_step
             bar.update(1)

@@ -53,7 +53,7 @@ from ..inr.network import Params, SirenConfig, clone_params, init_siren
 from ..inr.objective import Objective, Problem
 from ..inr.registration import register
 from .distributed import Comm, setup
-from .encoder import Encoder
+from .encoder import ENCODER_INPUTS, Encoder, encoder_channels
 from .infusion import InfusionHeads
 
 # version of the files written by ``.save`` and training checkpoints (plain tensors, numbers,
@@ -122,11 +122,14 @@ class ReindirModel(nn.Module):
     """
 
     def __init__(self, template: ReptileTemplate, patch_size: tuple[int, int, int], width: int = 6,
-                 embedding_length: int = 1025, info: dict | None = None):
+                 embedding_length: int = 1025, info: dict | None = None, encoder_input: str = "pair"):
         super().__init__()
+        if encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input must be one of {sorted(ENCODER_INPUTS)}, got {encoder_input!r}")
         self.template = template
         self.siren_config = template.siren_config
-        self.encoder = Encoder(patch_size, width, embedding_length)
+        self.encoder_input = encoder_input
+        self.encoder = Encoder(patch_size, width, embedding_length, ENCODER_INPUTS[encoder_input])
         self.heads = InfusionHeads(embedding_length, template.siren_config.hidden)
         self.info = dict(info or {})
         self.encoder_seconds = 0.0
@@ -136,14 +139,14 @@ class ReindirModel(nn.Module):
         return next(self.encoder.parameters()).device
 
     def patches(self, problem: Problem) -> Tensor:
-        """``(1, 2, D, H, W)``: fixed and moving intensities on the encoder's patch size."""
+        """``(1, C, D, H, W)``: the encoder input (:data:`ENCODER_INPUTS`) on its patch size."""
         fixed, moving = problem.encoder_images  # the coarse view of a fine view
         size = self.encoder.patch_size
         if tuple(fixed.shape[2:]) != size:
             fixed = nn.functional.interpolate(fixed, size=size, mode="trilinear", align_corners=True)
         if tuple(moving.shape[2:]) != size:
             moving = nn.functional.interpolate(moving, size=size, mode="trilinear", align_corners=True)
-        return torch.cat([fixed, moving], dim=1).to(self.device)
+        return encoder_channels(fixed, moving, self.encoder_input).to(self.device)
 
     def embed(self, problem: Problem) -> Tensor:
         return self.encoder(self.patches(problem))[0]
@@ -166,6 +169,7 @@ class ReindirModel(nn.Module):
         return {"kind": "reindir", "format_version": FORMAT_VERSION, "template": self.template.state(),
                 "patch_size": list(self.encoder.patch_size),
                 "width": self.encoder.width, "embedding_length": self.encoder.embedding_length,
+                "encoder_input": self.encoder_input,
                 "encoder": {k: v.cpu() for k, v in self.encoder.state_dict().items()},
                 "heads": {k: v.cpu() for k, v in self.heads.state_dict().items()}, "info": self.info}
 
@@ -189,7 +193,7 @@ def _model_from_state(state: dict, where: str = "model") -> "ReptileTemplate | R
     if state["kind"] == "reptile":
         return _template_from_state(state, where)
     model = ReindirModel(_template_from_state(state["template"], where), tuple(state["patch_size"]), state["width"],
-                         state["embedding_length"], state.get("info"))
+                         state["embedding_length"], state.get("info"), state.get("encoder_input", "pair"))
     _check_finite(list(state["encoder"].values()) + list(state["heads"].values()), f"{where}: encoder/heads")
     try:
         model.encoder.load_state_dict(state["encoder"])
@@ -265,6 +269,14 @@ class TrainSettings:
     # gradient averaged over its tasks, all with the encoder of the start of the step (what
     # several ranks can compute in parallel; equals "sequential" with a single task per step).
     encoder_update: str = "sequential"
+    # Probability that a task's pair is registered the other way (fixed and moving swapped,
+    # :func:`reindir_nb.data.preprocess.swap_direction`): the templates then see both breathing
+    # directions and only the encoder can tell which way a pair moves. 0: as given (paper).
+    swap_probability: float = 0.0
+    # Zero-shot encoder/head updates per task (``encoder_loss_at="template"``): the first comes
+    # from the first inner step; each further one is an Adam step on the zero-shot loss at fresh
+    # sample points, before the inner loop (one more encoder forward/backward, no inner loop).
+    encoder_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.encoder_loss_at not in ("adapted", "template"):
@@ -273,7 +285,14 @@ class TrainSettings:
             raise ValueError(f"encoder_update must be 'sequential' or 'averaged', got {self.encoder_update!r}")
         require_int(self.tasks_per_set, "tasks_per_set", 1)
         require_int(self.outer_steps, "outer_steps", 0)  # 0: an untrained model (REINDIR == its template)
-        require_int(self.inner_steps, "inner_steps", 1)
+        require_int(self.inner_steps, "inner_steps", 0)  # 0: REINDIR encoder only, frozen templates
+        require_int(self.encoder_steps, "encoder_steps", 1)
+        require_float(self.swap_probability, "swap_probability", minimum=0.0)
+        if self.swap_probability > 1:
+            raise ValueError(f"swap_probability must be in [0, 1], got {self.swap_probability}")
+        if (self.inner_steps == 0 or self.encoder_steps > 1) and self.encoder_loss_at != "template":
+            raise ValueError("inner_steps=0 and encoder_steps > 1 train the encoder on the zero-shot loss: "
+                             f"they need encoder_loss_at='template' (got {self.encoder_loss_at!r})")
         require_int(self.inner_points, "inner_points", 1)
         require_int(self.warmup_steps, "warmup_steps", 0)
         require_int(self.cycles, "cycles", 1)
@@ -304,7 +323,8 @@ class TrainSettings:
         unknown = sorted(set(changes) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"unknown training settings {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        base = dict(outer_steps=prof.outer_steps, inner_steps=prof.inner_steps, inner_points=prof.inner_points)
+        base = dict(outer_steps=prof.outer_steps, inner_steps=prof.inner_steps, inner_points=prof.inner_points,
+                    swap_probability=prof.swap_probability)
         if prof.name != "paper":
             # a few hundred outer steps on a CPU instead of 22750: a larger encoder lr and a short
             # warm-up. The inner SGD lr stays 1e-4: SGD on the SIRENs diverges at 1e-3 (measured).
@@ -356,10 +376,12 @@ class _Trainer:
 
     def __init__(self, kind: str, cohorts: dict[str, list[Pair]], settings: TrainSettings, profile: Profile,
                  seed: int, device: torch.device, width: int, embedding_length: int,
-                 start: ReptileTemplate | None = None, comm: Comm | None = None):
+                 start: ReptileTemplate | None = None, comm: Comm | None = None, encoder_input: str = "pair"):
         self.kind, self.cohorts, self.settings, self.profile = kind, cohorts, settings, profile
         self.device, self.seed, self.step = device, seed, 0
         self.comm = comm or Comm.serial(device)
+        if kind == "reptile" and settings.inner_steps == 0:
+            raise ValueError("inner_steps=0 trains a REINDIR encoder on frozen templates; Reptile needs inner_steps >= 1")
         if kind == "reindir" and settings.encoder_update == "sequential" and self.comm.world > 1:
             raise ValueError(f"encoder_update='sequential' (one encoder step after every task, in order) cannot be "
                              f"spread over {self.comm.world} ranks; pass encoder_update='averaged' (one step per outer "
@@ -379,7 +401,8 @@ class _Trainer:
             shapes = {tuple(p.fixed.grid.shape) for ps in cohorts.values() for p in ps}
             if len(shapes) != 1:
                 raise ValueError(f"REINDIR needs prepared pairs of one patch size, got {sorted(shapes)}")
-            self.model = ReindirModel(template, shapes.pop(), width, embedding_length).to(device)
+            self.model = ReindirModel(template, shapes.pop(), width, embedding_length,
+                                      encoder_input=encoder_input).to(device)
             params = list(self.model.encoder.parameters()) + list(self.model.heads.parameters())
             self.optimiser = torch.optim.Adam(params, lr=settings.encoder_lr)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -417,11 +440,13 @@ class _Trainer:
     # ------------------------------------------------------------ one task
     def _problem(self, pair: Pair) -> Problem:
         """The task's tensors, scale-augmented (one factor per task drawn from ``scale_range``)."""
-        from ..data.preprocess import scale_augment
+        from ..data.preprocess import scale_augment, swap_direction
 
         s = self.settings
         if s.scale_augment:
             pair = scale_augment(pair, float(self.rng.uniform(*s.scale_range)))
+        if s.swap_probability > 0 and self.rng.uniform() < s.swap_probability:  # no draw at 0 (old runs unchanged)
+            pair = swap_direction(pair)
         return Problem.from_pair(pair, device=self.device)
 
     def _loss(self, forward: Params, backward: Params, problem: Problem) -> dict[str, Tensor]:
@@ -477,14 +502,38 @@ class _Trainer:
             self.optimiser.step()
         return float(total.detach())
 
+    def zero_shot_step(self, problem: Problem, step: bool = True) -> float:
+        """One encoder/head update on the zero-shot loss (the infused templates, fresh sample
+        points). ``step=False``: only accumulate the gradient in ``.grad`` ("averaged"; the
+        gradients of a task's several zero-shot steps then add up, which Adam's normalisation
+        makes equivalent to their mean)."""
+        templates = [p.to(self.device) for p in self.template.forward], [p.to(self.device) for p in self.template.backward]
+        if step:
+            self.optimiser.zero_grad(set_to_none=True)
+        total = self._loss(*self.model.infused(self.model.embed(problem), *templates), problem)["total"]
+        _require_finite(total, "zero-shot encoder loss")
+        total.backward()
+        if step:
+            self.optimiser.step()
+        return float(total.detach())
+
     def _task(self, pair: Pair) -> tuple[Params, Params, dict[str, float]]:
         """One task: adapted (forward, backward) template copies and the losses. REINDIR with
-        ``encoder_update="sequential"`` also takes the task's Adam step; with "averaged" the
-        task's encoder/head gradient is left in ``.grad`` for :meth:`outer_step`."""
+        ``encoder_update="sequential"`` also takes the task's Adam step(s); with "averaged" the
+        task's encoder/head gradient is left in ``.grad`` for :meth:`outer_step`. With
+        ``inner_steps=0`` (encoder only) the templates are returned unchanged."""
         problem = self._problem(pair)
+        s = self.settings
         reindir = isinstance(self.model, ReindirModel)
-        at_template = reindir and self.settings.encoder_loss_at == "template"
+        at_template = reindir and s.encoder_loss_at == "template"
         step_now = reindir and not self.averaged
+        if at_template:  # the zero-shot updates that do not come from the first inner step
+            extra = [self.zero_shot_step(problem, step_now)
+                     for _ in range(s.encoder_steps - (1 if s.inner_steps else 0))]
+            if s.inner_steps == 0:
+                tmpl = self.template
+                return ([p.to(self.device).detach() for p in tmpl.forward], [p.to(self.device).detach() for p in tmpl.backward],
+                        {"loss_first": extra[0], "loss_adapted": extra[-1]})
         if at_template and step_now:
             self.optimiser.zero_grad(set_to_none=True)
         fwd, bwd, first, mods = self.adapt(problem, encoder_grad=at_template)
@@ -654,6 +703,8 @@ def _fingerprint(kind: str, trainer: "_Trainer", start: ReptileTemplate | None) 
            "start": "none" if start is None else content_hash(list(start.forward) + list(start.backward))}
     if isinstance(trainer.model, ReindirModel):
         out.update(width=str(trainer.model.encoder.width), embedding_length=str(trainer.model.encoder.embedding_length))
+        if trainer.model.encoder_input != "pair":  # (absent for the paper's input: older checkpoints still resume)
+            out["encoder_input"] = trainer.model.encoder_input
     out.update({f"settings.{k}": v for k, v in trainer.settings.fingerprint().items() if k != "outer_steps"})
     return out
 
@@ -689,7 +740,7 @@ def _resume(trainer: "_Trainer", files: TrainingFiles, fingerprint: dict[str, st
 
 
 def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, files: TrainingFiles, progress: bool,
-           stop_after: int | None, architecture: tuple[int | None, int | None] = (None, None),
+           stop_after: int | None, architecture: tuple[int | None, int | None, str] = (None, None, "pair"),
            start: "ReptileTemplate | str | Path | None" = None, heldout: HeldOut | None = None,
            distributed: bool | None = None, **changes) -> "ReptileTemplate | ReindirModel":
     prof = get_profile(profile)
@@ -701,10 +752,11 @@ def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, file
     if start is not None and not isinstance(start, ReptileTemplate):
         raise ValueError(f"start must be a Reptile template (or its file), got {type(start).__name__}")
     settings = TrainSettings.for_profile(prof, **changes)
-    width, embedding_length = architecture
+    width, embedding_length, encoder_input = architecture
     comm = _comm(distributed, device)
     trainer = _Trainer(kind, _as_cohorts(cohorts), settings, prof, seed, comm.device,
-                       width or prof.encoder_width, embedding_length or prof.embedding_length, start, comm)
+                       width or prof.encoder_width, embedding_length or prof.embedding_length, start, comm,
+                       encoder_input)
     fingerprint = _fingerprint(kind, trainer, start)
     comm.verify_same(json.dumps(fingerprint, sort_keys=True) + _model_hash(trainer),
                      "the training inputs (data, settings, seed, initial model)")
@@ -817,9 +869,14 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
                   resume: bool = True, progress: bool = True, width: int | None = None,
                   embedding_length: int | None = None, stop_after: int | None = None,
                   start: "ReptileTemplate | str | Path | None" = None, heldout: Sequence[Pair] | None = None,
-                  heldout_every: int = 25, distributed: bool | None = None, **settings) -> ReindirModel:
+                  heldout_every: int = 25, distributed: bool | None = None, encoder_input: str = "pair",
+                  **settings) -> ReindirModel:
     """REINDIR (encoder + infusion heads + templates), Algorithm 1 with the Reptile sign fixed.
-    Arguments as :func:`train_reptile`, plus the encoder's ``width`` and ``embedding_length``.
+    Arguments as :func:`train_reptile`, plus the encoder's ``width``, ``embedding_length`` and
+    ``encoder_input`` (what it reads, :data:`reindir_nb.meta.encoder.ENCODER_INPUTS`).
+
+    Encoder only: ``inner_steps=0`` with ``start=`` a trained template keeps the templates fixed
+    and spends every step on zero-shot encoder updates (``encoder_steps`` per task; no inner loop).
 
     ``start``: a trained Reptile template (or its file) to start the templates from instead of a
     fresh initialisation (a CPU shortcut: the paper trains everything from scratch; with a small
@@ -828,7 +885,7 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
     Distributed runs need ``encoder_update="averaged"`` (one encoder step per outer step on the
     gradient averaged over its tasks; the default "sequential" steps after every task in turn)."""
     return _train("reindir", cohorts, profile, seed, device, _files(checkpoint, checkpoint_every, log_path, resume),
-                  progress, stop_after, (width, embedding_length), start=start,
+                  progress, stop_after, (width, embedding_length, encoder_input), start=start,
                   heldout=_heldout(heldout, heldout_every), distributed=distributed, **settings)
 
 
