@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import torch
 
 import reindir_nb as rn
 from nbrun import run_notebook
@@ -18,7 +19,12 @@ def test_notebook_03(tmp_path):
     model = rn.meta.load(tmp_path / "checkpoints" / "reindir.pt")
     assert isinstance(model, rn.meta.ReindirModel) and model.info["start"]["outer_steps"] == 2
     log = pd.read_csv(tmp_path / "03_training" / "reindir_log.csv")
-    assert list(log["step"]) == [0] and set(log["eps"]) == {0.1}
+    assert list(log["step"]) == [0]
+    # the smoke/demo recipe: the encoder alone on the frozen Reptile template, both directions
+    assert model.encoder_input == "pair+difference" and model.info["settings"]["inner_steps"] == "0"
+    assert model.info["settings"]["encoder_steps"] == "3" and model.info["settings"]["swap_probability"] == "0.5"
+    template = rn.meta.load(tmp_path / "checkpoints" / "reptile.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.template.forward, template.forward))
     first = pd.read_csv(tmp_path / "03_training" / "first_look.csv")
     assert set(first["method"]) == {"ccIDIR", "Reptile", "REINDIR"} and set(first["iteration"]) == {0, 5}
     assert (first["tre_mean_mm"] > 0).all()
