@@ -43,6 +43,18 @@ def test_swap_direction_swaps_images_landmarks_and_back(cohorts):
     np.testing.assert_array_equal(back.fixed_landmarks, pair.fixed_landmarks)
 
 
+def test_swap_direction_inverts_a_recorded_prealignment(cohorts):
+    from dataclasses import replace
+
+    pair = cohorts["nlst"][0]
+    shift = np.eye(4)
+    shift[:3, 3] = (4.0, -2.0, 7.0)
+    moved = pair.with_preparation(replace(pair.preparation, prealign_matrix=shift))
+    back = swap_direction(moved).preparation.prealign_matrix
+    np.testing.assert_allclose(back[:3, 3], (-4.0, 2.0, -7.0))
+    np.testing.assert_allclose(swap_direction(swap_direction(moved)).preparation.prealign_matrix, shift)
+
+
 def test_swapped_registration_is_measured_against_the_swapped_landmarks(cohorts):
     """TRE of a swapped pair at iteration 0 (identity) is the same initial distance, and the
     forward network of the swapped pair must move the other way: a template fitted to the pair

@@ -84,7 +84,7 @@ PROFILES: dict[str, Profile] = {
         name="demo", spacing_mm=4.0, patch_size=(64, 64, 64), cohort_size=20, points_per_step=5000,
         iterations=250, record_every=25, inner_steps=10, inner_points=2000, outer_steps=150,
         encoder_width=6, embedding_length=1025, seeds=5, folds=5, eval_iterations=(0, 10, 25, 50),
-        # warm-started REINDIR (templates from the Reptile template, eps 0.1) needs 2/3 of the outer steps
+        # warm-started REINDIR (from the Reptile template) needs 2/3 of the outer steps
         held_out_per_style=2, voxelmorph_epochs=10, reindir_warm_start=True,
         propagation=(4, 2, 100),
         # both directions, encoder alone on the frozen template (100 x 3 tasks x 3 updates: 438 s);

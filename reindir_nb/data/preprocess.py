@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..core.geometry import Grid, apply_affine
+from ..core.geometry import Grid, apply_affine, invert_affine
 from ..core.pair import HU_RANGE, Pair, Preparation
 from ..core.profiles import Profile, get_profile
 from ..core.volume import Volume
@@ -344,9 +344,14 @@ def swap_direction(pair: Pair) -> Pair:
     meta = {k: v for k, v in pair.meta.items() if k != "motion"}
     meta["swapped"] = not bool(pair.meta.get("swapped", False))
     coarse = None if pair.coarse is None else swap_direction(pair.coarse)
-    return replace(pair, fixed=pair.moving, moving=pair.fixed, fixed_mask=pair.moving_mask,
-                   moving_mask=pair.fixed_mask, fixed_landmarks=pair.moving_landmarks,
-                   moving_landmarks=pair.fixed_landmarks, ground_truth=None, meta=meta, coarse=coarse)
+    swapped = replace(pair, fixed=pair.moving, moving=pair.fixed, fixed_mask=pair.moving_mask,
+                      moving_mask=pair.fixed_mask, fixed_landmarks=pair.moving_landmarks,
+                      moving_landmarks=pair.fixed_landmarks, ground_truth=None, meta=meta, coarse=coarse)
+    prep = pair.preparation
+    if prep.prealign_matrix is None:
+        return swapped
+    # the recorded pre-alignment maps fixed -> moving: the swapped pair needs its inverse
+    return swapped.with_preparation(replace(prep, prealign_matrix=invert_affine(prep.prealign_matrix)))
 
 
 # --------------------------------------------------------------------- prepare
