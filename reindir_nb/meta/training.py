@@ -463,8 +463,7 @@ class _Trainer:
         ``encoder_grad`` (REINDIR): the first step's loss, the zero-shot loss of the infused
         templates, also back-propagates into the encoder and heads (accumulated in their ``.grad``)."""
         s = self.settings
-        fwd = clone_params([p.to(self.device) for p in self.template.forward], requires_grad=True)
-        bwd = clone_params([p.to(self.device) for p in self.template.backward], requires_grad=True)
+        fwd, bwd = (clone_params(ps, requires_grad=True) for ps in self._templates_here())
         mods = frozen = None
         if isinstance(self.model, ReindirModel):
             with torch.set_grad_enabled(encoder_grad):
@@ -502,12 +501,17 @@ class _Trainer:
             self.optimiser.step()
         return float(total.detach())
 
+    def _templates_here(self) -> tuple[Params, Params]:
+        """The (forward, backward) template tensors on this trainer's device (not copied)."""
+        tmpl = self.template
+        return [p.to(self.device) for p in tmpl.forward], [p.to(self.device) for p in tmpl.backward]
+
     def zero_shot_step(self, problem: Problem, step: bool = True) -> float:
         """One encoder/head update on the zero-shot loss (the infused templates, fresh sample
         points). ``step=False``: only accumulate the gradient in ``.grad`` ("averaged"; the
         gradients of a task's several zero-shot steps then add up, which Adam's normalisation
         makes equivalent to their mean)."""
-        templates = [p.to(self.device) for p in self.template.forward], [p.to(self.device) for p in self.template.backward]
+        templates = self._templates_here()
         if step:
             self.optimiser.zero_grad(set_to_none=True)
         total = self._loss(*self.model.infused(self.model.embed(problem), *templates), problem)["total"]
@@ -531,9 +535,7 @@ class _Trainer:
             extra = [self.zero_shot_step(problem, step_now)
                      for _ in range(s.encoder_steps - (1 if s.inner_steps else 0))]
             if s.inner_steps == 0:
-                tmpl = self.template
-                return ([p.to(self.device).detach() for p in tmpl.forward], [p.to(self.device).detach() for p in tmpl.backward],
-                        {"loss_first": extra[0], "loss_adapted": extra[-1]})
+                return (*self._templates_here(), {"loss_first": extra[0], "loss_adapted": extra[-1]})
         if at_template and step_now:
             self.optimiser.zero_grad(set_to_none=True)
         fwd, bwd, first, mods = self.adapt(problem, encoder_grad=at_template)
@@ -703,8 +705,7 @@ def _fingerprint(kind: str, trainer: "_Trainer", start: ReptileTemplate | None) 
            "start": "none" if start is None else content_hash(list(start.forward) + list(start.backward))}
     if isinstance(trainer.model, ReindirModel):
         out.update(width=str(trainer.model.encoder.width), embedding_length=str(trainer.model.encoder.embedding_length))
-        if trainer.model.encoder_input != "pair":  # (absent for the paper's input: older checkpoints still resume)
-            out["encoder_input"] = trainer.model.encoder_input
+        out["encoder_input"] = trainer.model.encoder_input
     out.update({f"settings.{k}": v for k, v in trainer.settings.fingerprint().items() if k != "outer_steps"})
     return out
 
