@@ -44,11 +44,15 @@ def main() -> None:
                     help="REINDIR's inner steps (0: encoder only on the frozen start template)")
     ap.add_argument("--encoder-steps", type=int, default=None, help="zero-shot encoder updates per task")
     ap.add_argument("--encoder-input", default="pair", help="pair | pair+difference")
+    ap.add_argument("--landmark-weight", type=float, default=None,
+                    help="REINDIR: landmark supervision of the zero-shot encoder updates (x mean landmark mm)")
     ap.add_argument("--swap-probability", type=float, default=0.0, help="both models: chance a task is swapped")
     ap.add_argument("--directions", nargs="+", default=["as-generated"], choices=["as-generated", "swapped"])
     ap.add_argument("--thorax", type=int, default=0,
                     help="also evaluate on N bundled:thorax-ct pairs (real anatomy never trained on: domain shift)")
     ap.add_argument("--pairs-cache", default=None, help="save the prepared pairs here once, load them after")
+    ap.add_argument("--skip-random", action="store_true",
+                    help="evaluate the learned starts only (ccIDIR from a random start does not depend on the models)")
     ap.add_argument("--heldout-every", type=int, default=25, help="log the held-out zero-shot TRE every N steps")
     args = ap.parse_args()
     prof = rn.get_profile(args.profile)
@@ -90,7 +94,7 @@ def main() -> None:
             if args.reindir_eps is not None:
                 extra["eps"] = args.reindir_eps
             for key, value in (("outer_steps", args.reindir_outer_steps), ("inner_steps", args.reindir_inner_steps),
-                               ("encoder_steps", args.encoder_steps)):
+                               ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight)):
                 if value is not None:
                     extra[key] = value
             extra["encoder_input"] = args.encoder_input
@@ -117,6 +121,8 @@ def main() -> None:
         for pair in test + shifted:
             pair = swap_direction(pair) if direction == "swapped" else pair
             for name, init in (("ccIDIR", "random"), ("Reptile", template), ("REINDIR", model)):
+                if name == "ccIDIR" and args.skip_random:
+                    continue
                 for seed in range(args.seeds):
                     run = rn.register(pair, init=init, iterations=args.iterations, seed=seed, prealign="none",
                                       record_every=record, progress=False)

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--pairs-per-style", type=int, default=2)
-    ap.add_argument("--iterations", type=int, nargs="+", default=None, help="default: the profile's eval_iterations")
+    ap.add_argument("--iterations", type=int, nargs="+", default=[0, 10, 25, 50],
+                    help="recorded iterations (the notebooks' demo sweep records the profile's 0/10/25)")
     ap.add_argument("--points-per-step", type=int, default=None)
     ap.add_argument("--similar", type=float, default=0.15, help="relative difference counted as 'similar'")
     ap.add_argument("--figures", action="store_true", help="also write the figures into WORKSPACE/bench_figures")
@@ -38,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     profile = rn.get_profile(args.profile)
-    args.iterations = list(profile.eval_iterations) if args.iterations is None else args.iterations
     workspace = Path(args.workspace).resolve()
     methods, folds = evaluate.load_models(workspace / "checkpoints")
     if {"Reptile", "REINDIR"} - set(methods):

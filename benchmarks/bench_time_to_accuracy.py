@@ -5,6 +5,9 @@ fine view of :func:`reindir_nb.data.preprocess.prepare_fine`, not the coarse pat
 - ``bundled:elastix-lung`` at its native resolution (1.37 x 1.37 x 2.5 mm), with pre-alignment;
 - ``bundled:thorax-ct`` pairs (real anatomy, simulated motion) at 2 mm.
 
+INR methods: ccIDIR from the published random start, ccIDIR-identity (the same hidden layers, a
+zero output layer) and, with ``--models``, Reptile and REINDIR.
+
 Every method: mean and p95 TRE (mm) of the cycle and forward estimates against wall seconds
 (encoder time included; the pre-alignment estimate is timed apart). Printed per pair: the
 seconds each INR method needs to reach elastix's final TRE ("never" within its budget) and the
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not elastix_available():
         raise SystemExit("itk-elastix is not installed (pip install 'reindir_nb[elastix]')")
-    methods: dict[str, object] = {"ccIDIR": "random"}
+    methods: dict[str, object] = {"ccIDIR": "random", "ccIDIR-identity": "identity"}
     if args.models is not None:
         learned, _ = load_models(args.models)
         methods.update({k: v for k, v in learned.items() if not isinstance(v, dict)})

@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--one-based", action="store_true", help="voxel landmark indices start at 1 (DIR-LAB files)")
     reg.add_argument("--hu-offset", type=_finite, default=0.0, metavar="HU",
                      help="subtracted from both images (1024 for unsigned exports storing HU + 1024; default 0)")
-    reg.add_argument("--init", default="random", metavar="random|MODEL.pt",
-                     help="'random' (ccIDIR) or a Reptile template / REINDIR model saved by reindir_nb (default random)")
+    reg.add_argument("--init", default="identity", metavar="identity|random|MODEL.pt",
+                     help="'identity' (ccIDIR with random hidden layers and a zero output layer: starts at the "
+                          "identity map, faster to a given TRE), 'random' (the published Sitzmann start) or a "
+                          "Reptile template / REINDIR model saved by reindir_nb (default identity)")
     reg.add_argument("--iterations", type=_nonnegative_int, metavar="N",
                      help="optimisation steps (default: the profile's; 0 = the initialisation only)")
     reg.add_argument("--spacing", type=_positive_mm, metavar="MM",
@@ -196,10 +198,12 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise UserError("--units given without --fixed-landmarks/--moving-landmarks")
     if args.one_based and args.units != "voxel":
         raise UserError("--one-based applies to voxel landmark files only (--units voxel)")
+    from .inr.registration import RANDOM_INITS
+
     files = [("FIXED", args.fixed), ("MOVING", args.moving), ("--fixed-mask", args.fixed_mask),
              ("--moving-mask", args.moving_mask), ("--fixed-landmarks", args.fixed_landmarks),
              ("--moving-landmarks", args.moving_landmarks)]
-    if args.init != "random":
+    if args.init not in RANDOM_INITS:
         files.append(("--init", args.init))
     for what, name in files:
         if name is None:
@@ -382,14 +386,15 @@ def _register_command(args: argparse.Namespace) -> int:
     from .core.profiles import get_profile
     from .data.datasets import load_generic_pair
     from .data.preprocess import isotropic_grid, prepare_fine
+    from .inr.registration import RANDOM_INITS
 
     timings: dict[str, float] = {}
     try:
         device = rn.get_device(None if args.device == "auto" else args.device)
     except RuntimeError as err:
         raise UserError(f"--device {args.device}: {err}") from None
-    init: Any = "random"
-    if args.init != "random":
+    init: Any = args.init
+    if args.init not in RANDOM_INITS:
         try:
             init = rn.meta.load(args.init)
         except (ValueError, FileNotFoundError) as err:
@@ -444,7 +449,7 @@ def _register_command(args: argparse.Namespace) -> int:
             "inputs": {k: (str(Path(v).resolve()) if isinstance(v, str) else v) for k, v in (
                 ("fixed", args.fixed), ("moving", args.moving), ("fixed_mask", args.fixed_mask),
                 ("moving_mask", args.moving_mask), ("fixed_landmarks", args.fixed_landmarks),
-                ("moving_landmarks", args.moving_landmarks), ("init", None if args.init == "random" else args.init))},
+                ("moving_landmarks", args.moving_landmarks), ("init", None if args.init in RANDOM_INITS else args.init))},
             "options": {k: v for k, v in vars(args).items() if k not in ("handler", "argv")},
             "device": str(device),
             "cpu_threads": torch.get_num_threads(),

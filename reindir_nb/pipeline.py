@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["NOTEBOOKS", "notebook_paths", "run_notebook", "run_all", "describe_workspace"]
+__all__ = ["NOTEBOOKS", "notebook_paths", "run_notebook", "run_all", "describe_workspace", "format_timings",
+           "TIMINGS_FILE"]
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+TIMINGS_FILE = "timings.csv"  # WORKSPACE/executed/timings.csv: one row per notebook of the last main job
 
 
 def notebook_paths(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -40,29 +42,53 @@ def run_notebook(notebook: str | Path, workspace: str | Path, profile: str = "de
     return out
 
 
-def run_all(workspace: str | Path, profile: str = "demo", only: Sequence[str] = ()) -> list[Path]:
-    """Run every numbered notebook (or those whose names start with one of ``only``) in order.
+def run_all(workspace: str | Path, profile: str = "demo", only: Sequence[str] = ()) -> dict[str, float]:
+    """Run every numbered notebook (or those whose names start with one of ``only``) in order;
+    returns ``{notebook name: wall seconds}``, also written to ``WORKSPACE/executed/timings.csv``
+    (a failed notebook is recorded with its seconds up to the failure, marked ``FAILED``).
 
     A failing notebook stops the run; its executed copy (with the traceback) is in
     ``WORKSPACE/executed/``."""
     from tqdm.auto import tqdm
 
+    from .core.files import atomic_path
+
     paths = [p for p in notebook_paths() if not only or any(p.name.startswith(o) for o in only)]
     if not paths:
         raise ValueError(f"no notebook in {NOTEBOOKS} matches {list(only)}")
-    done = []
+    workspace = Path(workspace).resolve()
+    seconds: dict[str, float] = {}
+    status: dict[str, str] = {}
+
+    def save() -> None:
+        (workspace / "executed").mkdir(parents=True, exist_ok=True)
+        lines = ["notebook,seconds,status,profile"] + [f"{k},{v:.1f},{status[k]},{profile}" for k, v in seconds.items()]
+        with atomic_path(workspace / "executed" / TIMINGS_FILE) as tmp:
+            Path(tmp).write_text("\n".join(lines) + "\n")
+
     bar = tqdm(paths, desc=f"notebooks ({profile})", unit="nb")
     for nb in bar:
         bar.set_postfix_str(nb.name)
         t0 = time.perf_counter()
         try:
-            done.append(run_notebook(nb, workspace, profile))
+            run_notebook(nb, workspace, profile)
         except Exception:
-            executed = Path(workspace).resolve() / "executed" / nb.name
-            tqdm.write(f"  {nb.name} FAILED after {time.perf_counter() - t0:.0f} s; see {executed}")
+            seconds[nb.name], status[nb.name] = time.perf_counter() - t0, "FAILED"
+            save()
+            tqdm.write(f"  {nb.name} FAILED after {seconds[nb.name]:.0f} s; see {workspace / 'executed' / nb.name}")
             raise
-        tqdm.write(f"  {nb.name}: {time.perf_counter() - t0:.0f} s")
-    return done
+        seconds[nb.name], status[nb.name] = time.perf_counter() - t0, "ok"
+        save()
+        tqdm.write(f"  {nb.name}: {seconds[nb.name]:.0f} s")
+    return seconds
+
+
+def format_timings(seconds: dict[str, float]) -> str:
+    """The per-notebook wall times of a main job as a small table (s and min), with the total."""
+    width = max([len(k) for k in seconds] + [5])
+    lines = [f"  {name:{width}s} {s:7.0f} s {s / 60:6.1f} min" for name, s in seconds.items()]
+    total = sum(seconds.values())
+    return "\n".join(["Time per notebook:", *lines, f"  {'total':{width}s} {total:7.0f} s {total / 60:6.1f} min"])
 
 
 _KINDS = {"figures": (".png", ".pdf", ".html"), "tables": (".csv", ".json")}
@@ -87,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01 02")
     args = parser.parse_args(argv)
     workspace = Path(args.workspace).resolve()
-    run_all(workspace, args.profile, args.only)
+    seconds = run_all(workspace, args.profile, args.only)
+    print("\n" + format_timings(seconds) + f"\n(also in {workspace / 'executed' / TIMINGS_FILE})")
     print("\nDone. " + describe_workspace(workspace))
 
 

@@ -205,3 +205,59 @@ def test_lr_warmup_scales_the_first_steps(cohorts, monkeypatch):
     np.testing.assert_allclose(seen, [1e-3] * 3)
     with pytest.raises(ValueError, match="lr_warmup"):
         rn.register(pair, iterations=1, lr_warmup=-1, progress=False)
+
+
+def test_landmark_error_at_the_identity_is_the_initial_distance(cohorts):
+    from reindir_nb.inr.network import SirenConfig, init_siren
+    from reindir_nb.inr.objective import Problem, landmark_error_mm
+
+    pair = cohorts["nlst"][1]
+    problem = Problem.from_pair(pair)
+    zero = init_siren(SirenConfig(output_scale=0.0), rn.device.make_generator(0))  # v(x) = 0: the identity
+    assert float(landmark_error_mm(zero, zero, problem, 30.0)) == pytest.approx(pair.initial_distances().mean(), rel=1e-4)
+    # a constant output c (INR units) moves every point by A c mm (A: the side's INR -> mm matrix):
+    # chosen as +3 mm along x in the fixed frame; the backward net moves moving points by A_m A_f^-1 (3, 0, 0)
+    a_f, a_m = (np.asarray(m[:3, :3], dtype=np.float64) for m in (problem.fixed_to_mm, problem.moving_to_mm))
+    c = np.linalg.solve(a_f, [3.0, 0.0, 0.0])
+    shift = [p.clone() for p in zero]
+    shift[-1] = shift[-1] + torch.as_tensor(c, dtype=shift[-1].dtype)
+    d = pair.moving_landmarks - pair.fixed_landmarks
+    forward = np.linalg.norm(d - [3.0, 0.0, 0.0], axis=1).mean()
+    backward = np.linalg.norm(-d - a_m @ c, axis=1).mean()
+    assert float(landmark_error_mm(shift, shift, problem, 30.0)) == pytest.approx((forward + backward) / 2, rel=1e-3)
+    with pytest.raises(ValueError, match="no landmarks"):
+        landmark_error_mm(zero, zero, Problem.from_pair(pair.replace(fixed_landmarks=None, moving_landmarks=None)), 30.0)
+
+
+def test_landmark_supervision_lowers_the_zero_shot_landmark_error(cohorts, template):
+    """The encoder alone, 8 outer steps: with a strong landmark term the infused templates' mean
+    landmark error on the training pairs falls further than without it (same seeds, same draws)."""
+    from reindir_nb.inr.objective import Problem, landmark_error_mm
+
+    def trained_error(weight):
+        trainer = _trainer("reindir", cohorts, start=template, inner_steps=0, encoder_steps=3, outer_steps=8,
+                           warmup_steps=1, encoder_lr=1e-3, scale_augment=False, landmark_weight=weight)
+        for _ in range(8):
+            trainer.outer_step()
+        errs = []
+        with torch.no_grad():
+            for p in [p for ps in cohorts.values() for p in ps]:
+                problem = Problem.from_pair(p)
+                infused = trainer.model.infused(trainer.model.embed(problem), *trainer._templates_here())
+                errs.append(float(landmark_error_mm(*infused, problem, 30.0)))
+        return np.mean(errs)
+
+    without, supervised = trained_error(0.0), trained_error(1.0)
+    assert supervised < without, (supervised, without)
+
+
+def test_landmark_supervision_settings_are_checked(cohorts, template):
+    with pytest.raises(ValueError, match="landmark_weight"):
+        meta.TrainSettings.for_profile("smoke", landmark_weight=-1.0)
+    with pytest.raises(ValueError, match="encoder_steps >= 2"):
+        meta.TrainSettings.for_profile("smoke", landmark_weight=1.0)  # inner steps, one (inner-step) update
+    with pytest.raises(ValueError, match="Reptile trains without landmarks"):
+        _trainer("reptile", cohorts, landmark_weight=1.0, encoder_steps=2)
+    bare = {"nlst": [cohorts["nlst"][0].replace(fixed_landmarks=None, moving_landmarks=None)]}
+    with pytest.raises(ValueError, match="without landmarks"):
+        _trainer("reindir", bare, start=template, inner_steps=0, encoder_steps=2, landmark_weight=1.0)

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from nbrun import run_notebook
 
 
@@ -10,8 +12,12 @@ def test_notebook_02(tmp_path):
     out = tmp_path / "02_registration"
     summary = json.loads((out / "summary.json").read_text())
     real = summary["elastix-lung"]
-    # no notebook-01 output in this workspace: the notebook prepared the pair itself, pre-aligned it (35 mm apart)
-    assert real["prealign"] == "affine" and real["initial_mean_mm"] > 34
+    # the INRs register the real pair's own images: native voxels (the DIR-LAB-like 1.37 x 1.37 x 2.5 mm), not the
+    # 8 mm smoke patch; its lung box only (smaller than the 256 x 256 x 94 scan, larger than the 32^3 patch)
+    assert np.allclose(real["view_spacing_mm"], [1.3672, 1.3672, 2.5], atol=0.01), real["view_spacing_mm"]
+    assert min(real["view_shape"]) > 64
+    # the affine pre-alignment (35 mm apart) was estimated once on the coarse view and used by register
+    assert real["prealign"] == "prepared" and real["initial_mean_mm"] > 34
     assert real["prealign_mean_mm"] < 9.0  # affine alone at 8 mm voxels: ~7 mm
     # measured at smoke: 35.3 -> 7.3 (affine) -> 3.1 mm (30 ccIDIR steps); elastix affine + B-spline: 7.1 mm
     assert real["final_mean_mm"] < min(5.0, real["prealign_mean_mm"]) and real["iterations"] == 30 and real["seconds"] > 0

@@ -165,3 +165,26 @@ def test_run_main_passes_profile_workspace_and_subset(tmp_path):
 def test_ci_runs_the_readme_test_command_only():
     lines = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', "bash scripts/test.sh"]
+
+
+def test_main_job_records_and_prints_each_notebooks_time(tmp_path, monkeypatch):
+    from reindir_nb import pipeline
+
+    ran = []
+
+    def fake_run(nb, workspace, profile):  # the notebooks themselves are tested one by one
+        ran.append(nb.name)
+        if nb.name.startswith("03"):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "run_notebook", fake_run)
+    seconds = pipeline.run_all(tmp_path, "smoke", only=["01", "02"])
+    assert list(seconds) == ran == ["01_data_preparation.ipynb", "02_inr_registration.ipynb"]
+    rows = (tmp_path / "executed" / pipeline.TIMINGS_FILE).read_text().splitlines()
+    assert rows[0] == "notebook,seconds,status,profile" and rows[1].startswith("01_data_preparation.ipynb,")
+    assert rows[1].endswith(",ok,smoke") and len(rows) == 3
+    text = pipeline.format_timings({"01_a.ipynb": 30.0, "02_b.ipynb": 90.0})
+    assert "02_b.ipynb" in text and text.splitlines()[-1].split()[:3] == ["total", "120", "s"]
+    with pytest.raises(RuntimeError, match="boom"):  # a failure is recorded before it propagates
+        pipeline.run_all(tmp_path, "smoke", only=["03"])
+    assert (tmp_path / "executed" / pipeline.TIMINGS_FILE).read_text().splitlines()[1].split(",")[2] == "FAILED"

@@ -181,3 +181,19 @@ def test_det_j_is_computed_once_per_state_and_recomputed_after_a_change(phantom_
         run.forward[2].mul_(1.5)  # in place: the same tensors, other values
     changed = run.jacobian_determinant().array
     assert not np.allclose(changed, again)
+
+
+def test_identity_init_is_the_random_start_with_a_zero_output_layer(phantom_pairs):
+    pair = phantom_pairs["dirlab"]
+    ident = rn.register(pair, init="identity", iterations=0, seed=4, prealign="none", progress=False)
+    rand = rn.register(pair, init="random", iterations=0, seed=4, prealign="none", progress=False)
+    assert ident.settings["init"] == ident.settings["start"] == "identity" and rand.settings["init"] == "random"
+    np.testing.assert_allclose(ident.tre_mm, pair.initial_distances(), atol=1e-4)  # v = 0: no motion yet
+    assert rand.tre_mm.mean() != pytest.approx(pair.initial_distances().mean(), abs=0.05)
+    for a, b in zip(ident.forward[:-2], rand.forward[:-2]):  # the same seeded hidden layers
+        assert torch.equal(a, b)
+    assert all(float(p.abs().max()) == 0.0 for p in ident.forward[-2:] + ident.backward[-2:])
+    steps = rn.register(pair, init="identity", iterations=20, seed=4, prealign="none", progress=False)
+    assert steps.tre_mm.mean() < 0.6 * pair.initial_distances().mean()
+    with pytest.raises(ValueError, match="'random', 'identity'"):
+        rn.register(pair, init="zeros", iterations=0, progress=False)

@@ -42,6 +42,7 @@ class Profile:
     reindir_encoder_only: bool = False
     reindir_encoder_steps: int = 1
     encoder_input: str = "pair"       # what the REINDIR encoder reads (meta.encoder.ENCODER_INPUTS)
+    reindir_landmark_weight: float = 0.0  # landmark supervision of the zero-shot encoder updates (0: none, the paper)
 
     def reindir_steps(self, outer_steps: int | None = None, warm_start: bool | None = None) -> int:
         """Outer steps of REINDIR when Reptile trains ``outer_steps`` (default: the profile's):
@@ -58,6 +59,8 @@ class Profile:
         out: dict = {"encoder_input": self.encoder_input}
         if warm and self.reindir_encoder_only and eps is None:
             out.update(inner_steps=0, encoder_steps=self.reindir_encoder_steps)
+            if self.reindir_landmark_weight > 0:
+                out["landmark_weight"] = self.reindir_landmark_weight
         elif warm:
             out["eps"] = self.reindir_warm_eps if eps is None else float(eps)
         return out
@@ -77,16 +80,19 @@ PROFILES: dict[str, Profile] = {
         swap_probability=0.5, reindir_encoder_only=True, reindir_encoder_steps=3, encoder_input="pair+difference",
     ),
     "demo": Profile(
+        # The main job on 2 CPU cores in under 30 minutes (README "Profiles"): each notebook's budget is
+        # sized to what it teaches; the full demo evaluation (2 pairs per style, 5 seeds, 0/10/25/50
+        # steps, full elastix) is benchmarks/bench_sweep_demo.py and benchmarks/bench_meta_demo.py.
         # 5000 test-time points: a 2-core CPU step takes ~0.28 s instead of ~0.6-0.8 s at 10000
-        # (TRE after 20 steps on a demo dirlab phantom: 2.09 vs 1.98 mm). Sweeps record 0/10/25/50:
-        # at 4 mm the learned inits have levelled off by 50 steps (0.9 mm on held-out phantoms);
-        # a random start is still falling there (1.4 mm), see benchmarks/results/bench_sweep_demo.txt.
+        # (TRE after 20 steps on a demo dirlab phantom: 2.09 vs 1.98 mm). Sweeps record 0/10/25:
+        # where the learned starts differ from a random one (benchmarks/results/bench_sweep_demo.txt).
         name="demo", spacing_mm=4.0, patch_size=(64, 64, 64), cohort_size=20, points_per_step=5000,
         iterations=250, record_every=25, inner_steps=10, inner_points=2000, outer_steps=150,
-        encoder_width=6, embedding_length=1025, seeds=5, folds=5, eval_iterations=(0, 10, 25, 50),
+        encoder_width=6, embedding_length=1025, seeds=2, folds=5, eval_iterations=(0, 10, 25),
         # warm-started REINDIR (from the Reptile template) needs 2/3 of the outer steps
-        held_out_per_style=2, voxelmorph_epochs=10, reindir_warm_start=True,
-        propagation=(4, 2, 100),
+        held_out_per_style=1, voxelmorph_epochs=10, reindir_warm_start=True,
+        # a quick elastix (250 iterations, 2 resolutions) and the bending sweep at 2000 points
+        elastix_budget=(250, 2), bending_points_per_step=2000, propagation=(3, 2, 50),
         # both directions, encoder alone on the frozen template (100 x 3 tasks x 3 updates: 438 s);
         # measured in benchmarks/results/meta_demo/recipe_demo.txt
         swap_probability=0.5, reindir_encoder_only=True, reindir_encoder_steps=3, encoder_input="pair+difference",

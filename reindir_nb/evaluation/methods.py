@@ -27,7 +27,7 @@ from ..core.profiles import get_profile
 from ..core.volume import Volume
 from ..data.prealign import resolve_prealign
 from ..inr import registration as _registration
-from ..inr.registration import Initialiser, RegistrationRun
+from ..inr.registration import RANDOM_INITS, Initialiser, RegistrationRun
 from .elastix import ElastixConfig, ElastixTransform, elastix_transform
 from ..core.fingerprint import canonical, model_identity
 from .protocol import CONVERGED, Registration, Timings
@@ -193,7 +193,7 @@ def _inr_settings(init: Any, pair: Pair, config: SweepConfig, identities: dict[i
     if settings.get("points_per_step") is None:  # register's default: the pair's (or given) profile
         profile = config.register_kwargs.get("profile") or pair.preparation.profile or "demo"
         settings["points_per_step"] = get_profile(profile).points_per_step
-    init_id = "random" if isinstance(init, str) else _identity(init, identities)
+    init_id = init if isinstance(init, str) else _identity(init, identities)
     return {"kind": "inr", "init": init_id, "iterations": list(config.iterations), **canonical(settings)}
 
 
@@ -275,11 +275,11 @@ def resolve_method(label: str, spec: Any, pair: Pair, fold: Any, config: SweepCo
     if isinstance(spec, Mapping):
         spec = _fold_spec(spec, label, pair, fold)
     if isinstance(spec, str):
-        if spec == "random":
-            return _inr_method(label, "random", pair, config, identities)
+        if spec in RANDOM_INITS:
+            return _inr_method(label, spec, pair, config, identities)
         if spec == "elastix":
             return _elastix_method(label, config)
-        raise ValueError(f"method {label!r}: unknown string {spec!r} (use 'random' or 'elastix')")
+        raise ValueError(f"method {label!r}: unknown string {spec!r} (use 'random', 'identity' or 'elastix')")
     if isinstance(spec, VoxelMorph):
         return _voxelmorph_method(label, spec, pair, config, identities)
     if isinstance(spec, Initialiser):

@@ -33,7 +33,7 @@ from .network import Params, SirenConfig
 
 __all__ = ["LossWeights", "Objective", "Similarity", "Regulariser", "SIMILARITIES", "REGULARISERS",
            "register_similarity", "register_regulariser", "Problem", "ccidir_terms", "objective_terms",
-           "sample_image", "apply_matrix"]
+           "sample_image", "apply_matrix", "landmark_error_mm"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class Problem:
     moving_inr_to_image: Tensor | None = None
     encoder_fixed: Tensor | None = None         # (1, 1, d, h, w) the encoder's patch (None: ``fixed``)
     encoder_moving: Tensor | None = None
+    landmarks: tuple[Tensor, Tensor] | None = None  # (fixed, moving) landmark INR coords (N, 3); None: none
 
     @classmethod
     def from_pair(
@@ -142,6 +143,9 @@ class Problem:
             moving_inr_to_image=t(compose_affine(mg.world_to_normalized_matrix(), moving_frame)) if fine else None,
             encoder_fixed=img(view.fixed) if fine else None,
             encoder_moving=img(view.moving) if fine else None,
+            landmarks=None if pair.fixed_landmarks is None or pair.moving_landmarks is None else
+            (t(apply_affine_np(invert_affine(fixed_frame), pair.fixed_landmarks)),
+             t(apply_affine_np(invert_affine(moving_frame), pair.moving_landmarks))),
         )
 
     @property
@@ -370,3 +374,18 @@ def ccidir_terms(
     objective = Objective(similarity=similarity, regulariser=regulariser, weights=weights,
                           derivative_method=derivative_method, derivative_bf16=derivative_bf16)
     return objective_terms(objective, forward, backward, problem, points_fixed, points_moving, omega)
+
+
+def landmark_error_mm(forward: Params, backward: Params, problem: Problem, omega: float) -> Tensor:
+    """Mean landmark distance (mm) of the two maps, differentiable: the fixed landmarks through
+    the forward map against the moving ones, and the moving landmarks through the backward map
+    against the fixed ones, averaged. ValueError when ``problem`` has no landmarks."""
+    if problem.landmarks is None:
+        raise ValueError("landmark_error_mm: this Problem has no landmarks (its pair had none)")
+    lf, lm = problem.landmarks
+    errors = []
+    for net, x, target, to_other, to_mm in ((forward, lf, lm, problem.f2m, problem.moving_to_mm),
+                                            (backward, lm, lf, problem.m2f, problem.fixed_to_mm)):
+        y = apply_matrix(to_other, x + derivatives.displacement(net, x, omega))
+        errors.append(torch.linalg.norm((y - target) @ to_mm[:3, :3].t(), dim=1).mean())
+    return (errors[0] + errors[1]) / 2

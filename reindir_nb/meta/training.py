@@ -50,7 +50,7 @@ from ..core.fingerprint import content_hash, data_identity, mismatch
 from ..core.pair import Pair
 from ..core.profiles import Profile, get_profile
 from ..inr.network import Params, SirenConfig, clone_params, init_siren
-from ..inr.objective import Objective, Problem
+from ..inr.objective import Objective, Problem, landmark_error_mm
 from ..inr.registration import register
 from .distributed import Comm, setup
 from .encoder import ENCODER_INPUTS, Encoder, encoder_channels
@@ -277,6 +277,12 @@ class TrainSettings:
     # from the first inner step; each further one is an Adam step on the zero-shot loss at fresh
     # sample points, before the inner loop (one more encoder forward/backward, no inner loop).
     encoder_steps: int = 1
+    # Landmark supervision of the zero-shot encoder updates (REINDIR, ``encoder_loss_at="template"``):
+    # their loss adds ``landmark_weight`` x the mean landmark distance (mm) of the infused templates
+    # (both networks, :func:`reindir_nb.inr.objective.landmark_error_mm`) on the task's landmarks
+    # (every training pair needs them). The templates, the inner loop and test time never see
+    # landmarks. 0: unsupervised (the paper).
+    landmark_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.encoder_loss_at not in ("adapted", "template"):
@@ -293,6 +299,13 @@ class TrainSettings:
         if (self.inner_steps == 0 or self.encoder_steps > 1) and self.encoder_loss_at != "template":
             raise ValueError("inner_steps=0 and encoder_steps > 1 train the encoder on the zero-shot loss: "
                              f"they need encoder_loss_at='template' (got {self.encoder_loss_at!r})")
+        require_float(self.landmark_weight, "landmark_weight", minimum=0.0)
+        if self.landmark_weight > 0 and self.encoder_loss_at != "template":
+            raise ValueError("landmark_weight supervises the zero-shot encoder updates: it needs "
+                             f"encoder_loss_at='template' (got {self.encoder_loss_at!r})")
+        if self.landmark_weight > 0 and self.inner_steps > 0 and self.encoder_steps == 1:
+            raise ValueError("landmark_weight acts on the extra zero-shot encoder updates: with inner steps it needs "
+                             "encoder_steps >= 2 (or inner_steps=0, the encoder alone on frozen templates)")
         require_int(self.inner_points, "inner_points", 1)
         require_int(self.warmup_steps, "warmup_steps", 0)
         require_int(self.cycles, "cycles", 1)
@@ -382,6 +395,14 @@ class _Trainer:
         self.comm = comm or Comm.serial(device)
         if kind == "reptile" and settings.inner_steps == 0:
             raise ValueError("inner_steps=0 trains a REINDIR encoder on frozen templates; Reptile needs inner_steps >= 1")
+        if settings.landmark_weight > 0:
+            if kind != "reindir":
+                raise ValueError("landmark_weight supervises REINDIR's encoder; Reptile trains without landmarks")
+            missing = [p.name for ps in cohorts.values() for p in ps
+                       if p.fixed_landmarks is None or p.moving_landmarks is None or not len(p.fixed_landmarks)]
+            if missing:
+                raise ValueError(f"landmark_weight={settings.landmark_weight}: training pairs without landmarks: "
+                                 f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if kind == "reindir" and settings.encoder_update == "sequential" and self.comm.world > 1:
             raise ValueError(f"encoder_update='sequential' (one encoder step after every task, in order) cannot be "
                              f"spread over {self.comm.world} ranks; pass encoder_update='averaged' (one step per outer "
@@ -514,7 +535,10 @@ class _Trainer:
         templates = self._templates_here()
         if step:
             self.optimiser.zero_grad(set_to_none=True)
-        total = self._loss(*self.model.infused(self.model.embed(problem), *templates), problem)["total"]
+        infused = self.model.infused(self.model.embed(problem), *templates)
+        total = self._loss(*infused, problem)["total"]
+        if self.settings.landmark_weight > 0:
+            total = total + self.settings.landmark_weight * landmark_error_mm(*infused, problem, self.settings.siren.omega)
         _require_finite(total, "zero-shot encoder loss")
         total.backward()
         if step:

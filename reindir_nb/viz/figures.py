@@ -90,7 +90,7 @@ def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 
 
 def _ordered_methods(methods: Sequence[str]) -> list[str]:
-    order = ["ccIDIR", "Random", "Reptile", "REINDIR", "VoxelMorph", "elastix"]
+    order = ["ccIDIR", "ccIDIR-identity", "Random", "Reptile", "REINDIR", "VoxelMorph", "elastix"]
     known = [m for m in order if m in methods]
     return known + sorted(m for m in methods if m not in order)
 

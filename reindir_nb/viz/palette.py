@@ -24,6 +24,7 @@ DEFORMED_GRID = "#ffd000"
 METHOD_COLOURS = MappingProxyType({
     "No registration": "#7f7f7f",
     "ccIDIR": "#1f77b4",
+    "ccIDIR-identity": "#17becf",
     "Random": "#1f77b4",
     "Reptile": "#2ca02c",
     "REINDIR": "#ff7f0e",
