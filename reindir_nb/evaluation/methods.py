@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..core.pair import Pair
+from ..core.metrics import deformation_statistics
 from ..core.profiles import get_profile
 from ..core.volume import Volume
 from ..data.prealign import resolve_prealign
@@ -94,6 +95,13 @@ class InrRegistration:
 
     def jacobian_determinant(self, iteration: int | None = None) -> Volume:
         return self.run.jacobian_determinant(iteration=iteration)
+
+    def deformation_statistics(self, iteration: int | None, mask: np.ndarray) -> dict[str, float]:
+        """``pct_folded`` / ``std_log_jac`` inside ``mask`` (fixed grid), det J evaluated at the
+        mask's voxels only (the same numbers as on the whole grid, ~5x cheaper for a lung mask)."""
+        grid = self.run.pair.fixed.grid
+        points = grid.index_to_world(np.argwhere(np.asarray(mask) > 0)[:, ::-1].astype(np.float64))
+        return deformation_statistics(self.run.jacobian_determinant_at(points, iteration))
 
     def uncertainty_at(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
         """Cycle uncertainty (mm) at fixed world points."""

@@ -64,7 +64,9 @@ def registration_rows(
         forward[it] = reg.transform_points(landmarks, iteration=it, estimate="forward")
         row.update(_tre_columns(cycle[it], pair.moving_landmarks, "tre"))
         row.update(_tre_columns(forward[it], pair.moving_landmarks, "tre_fwd"))
-        row.update(deformation_statistics(reg.jacobian_determinant(it).array, mask))
+        in_mask = getattr(reg, "deformation_statistics", None)  # INR runs: det J at the mask voxels only
+        row.update(in_mask(it, mask) if callable(in_mask) and mask is not None
+                   else deformation_statistics(reg.jacobian_determinant(it).array, mask))
         row["uncertainty_mean_mm"] = (float(np.mean(reg.uncertainty_at(landmarks, it)))
                                       if isinstance(reg, UncertaintyAware) else _NAN)
         row["diverged"] = _diverged_at(reg, it) or not np.isfinite(row["tre_mean_mm"])

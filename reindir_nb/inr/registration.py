@@ -48,7 +48,7 @@ __all__ = [
 # both SIRENs (the published IDIR/ccIDIR start: its output layer is a random smooth field of a
 # few mm), and "identity", the same hidden layers with a zero output layer (v = 0). Measured with
 # 10000 points on thorax-ct-2 at 2 mm, mean TRE at 50 / 100 / 250 steps: random 0.76 / 0.42 /
-# 0.39 mm, identity 0.38 / 0.25 / 0.25 mm (benchmarks/results/bench_time_to_accuracy.txt).
+# 0.39 mm, identity 0.38 / 0.25 / 0.25 mm (benchmarks/results/bench_time_to_accuracy_identity.txt).
 RANDOM_INITS = ("random", "identity")
 
 FIELD_CHUNK = 32768
@@ -205,14 +205,23 @@ class RegistrationRun:
         key = (grid, self.prealign_matrix.tobytes(),  # the params' sums: any change to them (also in place) is seen
                tuple(float(p.detach().double().sum()) for p in fwd), tuple(float(p.detach().abs().sum()) for p in fwd))
         if self._det_cache.get("key") != key:
-            x = self._inr_points(self._grid_points(grid))
-            eye = torch.eye(3, dtype=x.dtype, device=x.device)
-            dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1])
-                    for xs in torch.split(x, FIELD_CHUNK)]
-            det = torch.cat(dets).double().cpu().numpy() * float(np.linalg.det(self.prealign_matrix[:3, :3]))
+            det = self._det_at(fwd, self._inr_points(self._grid_points(grid)))
             self._det_cache.clear()
             self._det_cache.update(key=key, det=det)
         return self._fixed_volume(self._det_cache["det"].copy(), "det J", grid)
+
+    @torch.no_grad()
+    def jacobian_determinant_at(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
+        """det J of the whole map (pre-alignment included) at fixed world points (N, 3) mm, e.g.
+        the lung-mask voxels only: what a statistic inside the mask needs, without the rest."""
+        fwd, _ = self.params_at(iteration)
+        return self._det_at(fwd, self._inr_points(np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)))
+
+    def _det_at(self, fwd: Params, x: Tensor) -> np.ndarray:
+        eye = torch.eye(3, dtype=x.dtype, device=x.device)
+        dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1])
+                for xs in torch.split(x, FIELD_CHUNK)]
+        return torch.cat(dets).double().cpu().numpy() * float(np.linalg.det(self.prealign_matrix[:3, :3]))
 
     def uncertainty(self, iteration: int | None = None, grid: Grid | None = None):
         """Cycle-uncertainty map (mm) on the fixed grid or ``grid``."""
