@@ -44,6 +44,8 @@ def main() -> None:
                     help="REINDIR's inner steps (0: encoder only on the frozen start template)")
     ap.add_argument("--encoder-steps", type=int, default=None, help="zero-shot encoder updates per task")
     ap.add_argument("--encoder-input", default="pair", help="pair | pair+difference")
+    ap.add_argument("--heads-lr", type=float, default=None, help="REINDIR: peak Adam lr of the infusion heads")
+    ap.add_argument("--cycles", type=int, default=None, help="REINDIR: cosine cycles of its lr schedule (1: no restart)")
     ap.add_argument("--landmark-weight", type=float, default=None,
                     help="REINDIR: landmark supervision of the zero-shot encoder updates (x mean landmark mm)")
     ap.add_argument("--swap-probability", type=float, default=0.0, help="both models: chance a task is swapped")
@@ -94,7 +96,8 @@ def main() -> None:
             if args.reindir_eps is not None:
                 extra["eps"] = args.reindir_eps
             for key, value in (("outer_steps", args.reindir_outer_steps), ("inner_steps", args.reindir_inner_steps),
-                               ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight)):
+                               ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight),
+                               ("heads_lr", args.heads_lr), ("cycles", args.cycles)):
                 if value is not None:
                     extra[key] = value
             extra["encoder_input"] = args.encoder_input

@@ -261,3 +261,19 @@ def test_landmark_supervision_settings_are_checked(cohorts, template):
     bare = {"nlst": [cohorts["nlst"][0].replace(fixed_landmarks=None, moving_landmarks=None)]}
     with pytest.raises(ValueError, match="without landmarks"):
         _trainer("reindir", bare, start=template, inner_steps=0, encoder_steps=2, landmark_weight=1.0)
+
+
+def test_heads_lr_moves_the_heads_at_their_own_rate(cohorts, template):
+    trainer = _trainer("reindir", cohorts, start=template, inner_steps=0, encoder_steps=1, heads_lr=1e-2)
+    encoder_group, heads_group = trainer.optimiser.param_groups
+    assert {id(p) for p in heads_group["params"]} == {id(p) for p in trainer.model.heads.parameters()}
+    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in trainer.model.encoder.parameters()}
+    factor = trainer.scheduler.get_last_lr()[1] / 1e-2  # the shared warm-up/cosine factor of the first step
+    before = [p.detach().clone() for p in trainer.model.heads.parameters()]
+    trainer.zero_shot_step(trainer._problem(cohorts["dirlab"][0]))
+    moved = max(float((p.detach() - b).abs().max()) for p, b in zip(trainer.model.heads.parameters(), before))
+    assert moved == pytest.approx(1e-2 * factor, rel=1e-3)  # Adam's first step: lr per parameter
+    default = _trainer("reindir", cohorts, start=template, inner_steps=0)
+    assert len(default.optimiser.param_groups) == 1  # None: one group at encoder_lr (older checkpoints load)
+    with pytest.raises(ValueError, match="heads_lr"):
+        meta.TrainSettings.for_profile("smoke", heads_lr=0.0)

@@ -283,6 +283,10 @@ class TrainSettings:
     # (every training pair needs them). The templates, the inner loop and test time never see
     # landmarks. 0: unsupervised (the paper).
     landmark_weight: float = 0.0
+    # Peak Adam lr of the infusion heads (REINDIR); None: ``encoder_lr`` like the encoder. The
+    # pair-specific part of a modulation comes from the pair-to-pair variation of the embedding
+    # (~25 % of its norm), so at the encoder's lr the heads move it slowly.
+    heads_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.encoder_loss_at not in ("adapted", "template"):
@@ -311,6 +315,8 @@ class TrainSettings:
         require_int(self.cycles, "cycles", 1)
         require_float(self.inner_lr, "inner_lr", positive=True)
         require_float(self.encoder_lr, "encoder_lr", positive=True)
+        if self.heads_lr is not None:
+            require_float(self.heads_lr, "heads_lr", positive=True)
         require_float(self.eps, "eps", minimum=0.0)
         lo, hi = (require_float(v, "scale_range", positive=True) for v in self.scale_range)
         if lo > hi:
@@ -424,8 +430,10 @@ class _Trainer:
                 raise ValueError(f"REINDIR needs prepared pairs of one patch size, got {sorted(shapes)}")
             self.model = ReindirModel(template, shapes.pop(), width, embedding_length,
                                       encoder_input=encoder_input).to(device)
-            params = list(self.model.encoder.parameters()) + list(self.model.heads.parameters())
-            self.optimiser = torch.optim.Adam(params, lr=settings.encoder_lr)
+            encoder, heads = list(self.model.encoder.parameters()), list(self.model.heads.parameters())
+            groups = ([{"params": encoder + heads}] if settings.heads_lr is None else
+                      [{"params": encoder}, {"params": heads, "lr": settings.heads_lr}])
+            self.optimiser = torch.optim.Adam(groups, lr=settings.encoder_lr)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimiser, _cosine_with_restarts(settings.outer_steps, settings.warmup_steps, settings.cycles))
         self._seed_task(0)  # self.rng (pair, scale) and self.points (sample points): reseeded per task
