@@ -31,7 +31,9 @@ import torch
 
 import reindir_nb as rn
 from reindir_nb.core.device import make_generator
+from reindir_nb.core.metrics import target_registration_error
 from reindir_nb.data.preprocess import swap_direction
+from reindir_nb.inr.network import MODULATED_LAYERS
 from reindir_nb.inr.objective import Objective, Problem, landmark_error_mm
 from reindir_nb.meta.infusion import modulate
 from reindir_nb.meta.training import ReindirModel, ReptileTemplate
@@ -46,12 +48,11 @@ def zero_shot_tre(pair, forward, backward, config) -> float:
 
 def free_fit(template, pair, problem: Problem, objective: Objective, omega: float, length: int, steps: int, lr: float,
              points: int, supervised: bool, record: list[int]) -> dict[int, float]:
-    """Fit free modulation vectors for one pair; landmark TRE (mm) at the ``record`` steps."""
+    """Fit free modulation vectors for one pair; :func:`zero_shot_tre` (mm) at the ``record`` steps."""
     forward, backward = list(template.forward), list(template.backward)
-    layers = [1, 2]
-    hidden = forward[2].shape[0]
-    mods = {net: ({l: torch.zeros(length, requires_grad=True) for l in layers},
-                  {l: torch.zeros(hidden, requires_grad=True) for l in layers}) for net in ("forward", "backward")}
+    mods = {net: ({l: torch.zeros(length, requires_grad=True) for l in MODULATED_LAYERS},
+                  {l: torch.zeros(forward[2 * l + 1].shape[0], requires_grad=True) for l in MODULATED_LAYERS})
+            for net in ("forward", "backward")}
     params = [t for g, d in mods.values() for t in (*g.values(), *d.values())]
     opt = torch.optim.Adam(params, lr=lr)
     gen = make_generator(0)
@@ -112,8 +113,7 @@ def main() -> None:
             problem = Problem.from_pair(pair)
             t0 = time.perf_counter()
             base = {"direction": direction, "style": style, "pair": pair.name}
-            zeros = [p * 0 for p in template.forward]
-            initial = zero_shot_tre(pair, zeros, zeros, template.siren_config)
+            initial = target_registration_error(pair.fixed_landmarks, pair.moving_landmarks)["mean"]
             rows.append({**base, "method": "unregistered", "step": 0, "tre_mm": initial})
             for name, supervised in (("free-unsupervised", False), ("free-landmarks", True)):
                 tre = free_fit(template, pair, problem, objective, omega, length, args.steps, args.lr,
@@ -121,11 +121,9 @@ def main() -> None:
                 rows += [{**base, "method": name, "step": k, "tre_mm": v} for k, v in tre.items()]
             run = rn.register(pair, init=template, iterations=max(r for r in record if r <= 50),
                               record_every=1, prealign="none", progress=False, safe_start=False)
-            for k in record:
-                if k in run.history["iteration"].values:
-                    state = run.history.set_index("iteration").loc[k]
-                    rows.append({**base, "method": "test-time (register)", "step": k,
-                                 "tre_mm": float(state["tre_mean_mm"])})
+            tre = run.history.set_index("iteration")["tre_mean_mm"]
+            rows += [{**base, "method": "test-time (register)", "step": k, "tre_mm": float(tre[k])}
+                     for k in record if k in tre.index]
             if reindir is not None:
                 run = rn.register(pair, init=reindir, iterations=0, prealign="none", progress=False,
                                   safe_start=False)
