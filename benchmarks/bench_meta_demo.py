@@ -44,6 +44,9 @@ def main() -> None:
                     help="REINDIR's inner steps (0: encoder only on the frozen start template)")
     ap.add_argument("--encoder-steps", type=int, default=None, help="zero-shot encoder updates per task")
     ap.add_argument("--encoder-input", default="pair", help="pair | pair+difference")
+    ap.add_argument("--encoder-patch", type=int, default=None,
+                    help="REINDIR: the encoder reads its input resampled to N^3 (default: the profile's)")
+    ap.add_argument("--tasks-per-set", type=int, default=None, help="REINDIR: tasks drawn per set per outer step")
     ap.add_argument("--heads-lr", type=float, default=None, help="REINDIR: peak Adam lr of the infusion heads")
     ap.add_argument("--cycles", type=int, default=None, help="REINDIR: cosine cycles of its lr schedule (1: no restart)")
     ap.add_argument("--landmark-weight", type=float, default=None,
@@ -97,10 +100,13 @@ def main() -> None:
                 extra["eps"] = args.reindir_eps
             for key, value in (("outer_steps", args.reindir_outer_steps), ("inner_steps", args.reindir_inner_steps),
                                ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight),
-                               ("heads_lr", args.heads_lr), ("cycles", args.cycles)):
+                               ("heads_lr", args.heads_lr), ("cycles", args.cycles),
+                               ("tasks_per_set", args.tasks_per_set)):
                 if value is not None:
                     extra[key] = value
             extra["encoder_input"] = args.encoder_input
+            if args.encoder_patch is not None:
+                extra["encoder_patch_size"] = (args.encoder_patch,) * 3
         t = time.perf_counter()
         trained[method] = (train_fn(train, prof, log_path=out / f"{method}_log.csv", heldout=test,
                                     heldout_every=args.heldout_every, **{**changes, **extra}),

@@ -239,7 +239,7 @@ def test_sequential_and_averaged_agree_with_one_task_and_refuse_ranks(cohorts, m
     settings = meta.TrainSettings.for_profile("smoke")
     comm = mdist.Comm(0, 2, torch.device("cpu"), True)
     with pytest.raises(ValueError, match="encoder_update='averaged'"):
-        meta._Trainer("reindir", one, settings, rn.get_profile("smoke"), 0, comm.device, 2, 65, comm=comm)
+        meta._Trainer("reindir", one, settings, rn.get_profile("smoke"), 0, comm.device, meta.Architecture(2, 65), comm=comm)
     with pytest.raises(ValueError, match="tasks_per_set"):
         meta.TrainSettings.for_profile("smoke", tasks_per_set=0)
     for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -251,7 +251,7 @@ def test_sequential_and_averaged_agree_with_one_task_and_refuse_ranks(cohorts, m
 def test_tasks_are_seeded_by_seed_step_and_index_only(cohorts):
     """A task's draws (pair, scale, points) depend on (seed, step, task index), not on what ran before."""
     settings = meta.TrainSettings.for_profile("smoke", tasks_per_set=2)
-    t = meta._Trainer("reptile", cohorts, settings, rn.get_profile("smoke"), 5, torch.device("cpu"), 2, 65)
+    t = meta._Trainer("reptile", cohorts, settings, rn.get_profile("smoke"), 5, torch.device("cpu"), meta.Architecture(2, 65))
 
     def draws(step, index):
         t.step = step

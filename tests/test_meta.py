@@ -21,7 +21,7 @@ def cohorts():
 
 def _trainer(kind, cohorts, **changes):
     settings = meta.TrainSettings.for_profile("smoke", **changes)
-    return meta._Trainer(kind, cohorts, settings, rn.get_profile("smoke"), 0, torch.device("cpu"), 2, 65)
+    return meta._Trainer(kind, cohorts, settings, rn.get_profile("smoke"), 0, torch.device("cpu"), meta.Architecture(2, 65))
 
 
 def test_reptile_update_moves_toward_adapted_by_hand():

@@ -25,8 +25,8 @@ def template(cohorts):
 
 def _trainer(kind, cohorts, start=None, encoder_input="pair", **changes):
     settings = meta.TrainSettings.for_profile("smoke", **changes)
-    return meta._Trainer(kind, cohorts, settings, rn.get_profile("smoke"), 0, torch.device("cpu"), 2, 65, start,
-                         encoder_input=encoder_input)
+    return meta._Trainer(kind, cohorts, settings, rn.get_profile("smoke"), 0, torch.device("cpu"),
+                         meta.Architecture(2, 65, encoder_input), start)
 
 
 def test_swap_direction_swaps_images_landmarks_and_back(cohorts):
@@ -180,7 +180,9 @@ def test_encoder_input_is_saved_loaded_and_fingerprinted(tmp_path, cohorts, temp
 
 def test_profile_recipes():
     demo, paper = rn.get_profile("demo"), rn.get_profile("paper")
-    assert demo.reindir_settings() == {"encoder_input": "pair+difference", "inner_steps": 0, "encoder_steps": 3}
+    assert demo.reindir_settings() == {"encoder_input": "pair+difference", "inner_steps": 0, "encoder_steps": 1,
+                                       "tasks_per_set": 3, "cycles": 1}
+    assert demo.encoder_patch_size == (32, 32, 32)
     assert demo.reindir_settings(eps=0.2) == {"encoder_input": "pair+difference", "eps": 0.2}
     assert paper.reindir_settings() == {"encoder_input": "pair"}  # the paper: from scratch, its input
     assert meta.TrainSettings.for_profile("demo").swap_probability == 0.5
@@ -277,3 +279,30 @@ def test_heads_lr_moves_the_heads_at_their_own_rate(cohorts, template):
     assert len(default.optimiser.param_groups) == 1  # None: one group at encoder_lr (older checkpoints load)
     with pytest.raises(ValueError, match="heads_lr"):
         meta.TrainSettings.for_profile("smoke", heads_lr=0.0)
+
+
+def test_encoder_patch_size_resamples_the_input_and_is_saved_and_fingerprinted(tmp_path, cohorts, template):
+    """A smaller encoder input (16^3 of the smoke profile's 32^3 patches): the encoder is built for
+    it, the model loads with it and gives the same start, a resume with another size is refused,
+    and sizes that make no sense are an error (too large: a warning)."""
+    model = rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=2, inner_steps=0,
+                                  encoder_patch_size=(16, 16, 16), checkpoint=tmp_path / "r.ckpt")
+    assert model.encoder.patch_size == (16, 16, 16)
+    assert model.info["fingerprint"]["encoder_patch_size"] == "16x16x16"
+    problem = meta.Problem.from_pair(cohorts["dirlab"][1])
+    assert tuple(model.patches(problem).shape[2:]) == (16, 16, 16)
+    loaded = rn.meta.load(model.save(tmp_path / "r.pt"))
+    assert loaded.encoder.patch_size == (16, 16, 16)
+    for a, b in zip(model.initial_params(problem)[1], loaded.initial_params(problem)[1]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="encoder_patch_size"):  # not resumed for another input size
+        rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=3, inner_steps=0,
+                              checkpoint=tmp_path / "r.ckpt")
+    with pytest.raises(ValueError, match="encoder_patch_size must be 3"):
+        rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=1, encoder_patch_size=(16, 16))
+    with pytest.raises(ValueError, match="encoder_patch_size"):
+        rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=1,
+                              encoder_patch_size=(16, 0, 16))
+    with pytest.warns(RuntimeWarning, match="larger than the prepared patch"):
+        rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=1, inner_steps=0,
+                              encoder_patch_size=(48, 32, 32))

@@ -41,7 +41,12 @@ class Profile:
     swap_probability: float = 0.0
     reindir_encoder_only: bool = False
     reindir_encoder_steps: int = 1
+    reindir_tasks_per_set: int = 1    # encoder-only recipe: pairs drawn per set per outer step (each one update)
+    reindir_cycles: int | None = None  # encoder-only recipe: cosine cycles of the lr (None: TrainSettings' 4)
     encoder_input: str = "pair"       # what the REINDIR encoder reads (meta.encoder.ENCODER_INPUTS)
+    # the size the encoder's input is resampled to (None: the prepared patch). Half the demo patch
+    # makes an encoder pass ~4x cheaper, so the same minutes buy more encoder updates (README)
+    encoder_patch_size: tuple[int, int, int] | None = None
     reindir_landmark_weight: float = 0.0  # landmark supervision of the zero-shot encoder updates (0: none, the paper)
 
     def reindir_steps(self, outer_steps: int | None = None, warm_start: bool | None = None) -> int:
@@ -59,6 +64,10 @@ class Profile:
         out: dict = {"encoder_input": self.encoder_input}
         if warm and self.reindir_encoder_only and eps is None:
             out.update(inner_steps=0, encoder_steps=self.reindir_encoder_steps)
+            if self.reindir_tasks_per_set != 1:
+                out["tasks_per_set"] = self.reindir_tasks_per_set
+            if self.reindir_cycles is not None:
+                out["cycles"] = self.reindir_cycles
             if self.reindir_landmark_weight > 0:
                 out["landmark_weight"] = self.reindir_landmark_weight
         elif warm:
@@ -97,9 +106,12 @@ PROFILES: dict[str, Profile] = {
         # per demo phantom), the bending sweep at 2000 points, keypoint propagation 2 runs x 50 steps
         held_out_per_style=1, voxelmorph_epochs=3, reindir_warm_start=True,
         elastix_budget=(250, 2), bending_points_per_step=2000, propagation=(2, 1, 50),
-        # both directions, encoder alone on the frozen template (100 x 3 tasks x 3 updates: 438 s);
-        # measured in benchmarks/results/meta_demo/recipe_demo.txt
-        swap_probability=0.5, reindir_encoder_only=True, reindir_encoder_steps=3, encoder_input="pair+difference",
+        # both directions, encoder alone on the frozen template, its input at 32^3 (a pass ~4x cheaper),
+        # 100 outer steps x 9 distinct pairs x 1 update, one cosine cycle: 258 s, zero-shot 3.16 / 3.59 mm
+        # held-out (as generated / swapped) where 3 updates per pair at 64^3 gave 4.21 / 3.69 in 453 s
+        # (benchmarks/results/meta_demo/encoder_patch_tries.txt; the older recipe_demo.txt)
+        swap_probability=0.5, reindir_encoder_only=True, reindir_encoder_steps=1, encoder_input="pair+difference",
+        reindir_tasks_per_set=3, reindir_cycles=1, encoder_patch_size=(32, 32, 32),
     ),
     "paper": Profile(
         name="paper", spacing_mm=1.0, patch_size=(336, 288, 366), cohort_size=100, points_per_step=10000,

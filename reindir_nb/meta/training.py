@@ -36,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -390,12 +390,22 @@ def _require_finite(value: Tensor, what: str) -> None:
         raise Diverged(f"{what} is not finite ({float(value.detach().reshape(-1)[0])})")
 
 
+class Architecture(NamedTuple):
+    """REINDIR's encoder: start width, embedding length, what it reads and its input patch size
+    (``None`` fields: the profile's, and for the patch size the prepared pairs' own)."""
+
+    width: int | None = None
+    embedding_length: int | None = None
+    encoder_input: str = "pair"
+    patch_size: tuple[int, int, int] | None = None
+
+
 class _Trainer:
     """State of one meta-training run (templates, encoder, optimiser, generators, log)."""
 
     def __init__(self, kind: str, cohorts: dict[str, list[Pair]], settings: TrainSettings, profile: Profile,
-                 seed: int, device: torch.device, width: int, embedding_length: int,
-                 start: ReptileTemplate | None = None, comm: Comm | None = None, encoder_input: str = "pair"):
+                 seed: int, device: torch.device, architecture: Architecture,
+                 start: ReptileTemplate | None = None, comm: Comm | None = None):
         self.kind, self.cohorts, self.settings, self.profile = kind, cohorts, settings, profile
         self.device, self.seed, self.step = device, seed, 0
         self.comm = comm or Comm.serial(device)
@@ -428,8 +438,9 @@ class _Trainer:
             shapes = {tuple(p.fixed.grid.shape) for ps in cohorts.values() for p in ps}
             if len(shapes) != 1:
                 raise ValueError(f"REINDIR needs prepared pairs of one patch size, got {sorted(shapes)}")
-            self.model = ReindirModel(template, shapes.pop(), width, embedding_length,
-                                      encoder_input=encoder_input).to(device)
+            a = architecture
+            self.model = ReindirModel(template, a.patch_size or shapes.pop(), a.width, a.embedding_length,
+                                      encoder_input=a.encoder_input).to(device)
             encoder, heads = list(self.model.encoder.parameters()), list(self.model.heads.parameters())
             groups = ([{"params": encoder + heads}] if settings.heads_lr is None else
                       [{"params": encoder}, {"params": heads, "lr": settings.heads_lr}])
@@ -738,6 +749,7 @@ def _fingerprint(kind: str, trainer: "_Trainer", start: ReptileTemplate | None) 
     if isinstance(trainer.model, ReindirModel):
         out.update(width=str(trainer.model.encoder.width), embedding_length=str(trainer.model.encoder.embedding_length))
         out["encoder_input"] = trainer.model.encoder_input
+        out["encoder_patch_size"] = "x".join(map(str, trainer.model.encoder.patch_size))
     out.update({f"settings.{k}": v for k, v in trainer.settings.fingerprint().items() if k != "outer_steps"})
     return out
 
@@ -772,8 +784,25 @@ def _resume(trainer: "_Trainer", files: TrainingFiles, fingerprint: dict[str, st
     trainer.restore(state)
 
 
+def _encoder_patch(requested, profile: Profile, cohorts: dict[str, list[Pair]]) -> tuple[int, int, int] | None:
+    """The encoder's input size: ``requested``, else the profile's ``encoder_patch_size``, else
+    None (the pairs' own patch). Three positive ints; larger than the pairs' patch warns (the
+    encoder would read an upsampled image: slower, nothing gained)."""
+    size = requested if requested is not None else profile.encoder_patch_size
+    if size is None:
+        return None
+    if len(tuple(size)) != 3:
+        raise ValueError(f"encoder_patch_size must be 3 voxel counts (z, y, x), got {size!r}")
+    size = tuple(require_int(v, "encoder_patch_size", 1) for v in size)
+    shapes = {tuple(p.fixed.grid.shape) for ps in cohorts.values() for p in ps}
+    if any(a > b for shape in shapes for a, b in zip(size, shape)):
+        warnings.warn(f"encoder_patch_size {size} is larger than the prepared patch {sorted(shapes)}: the encoder "
+                      "reads an upsampled image (slower, no more information)", RuntimeWarning, stacklevel=4)
+    return size
+
+
 def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, files: TrainingFiles, progress: bool,
-           stop_after: int | None, architecture: tuple[int | None, int | None, str] = (None, None, "pair"),
+           stop_after: int | None, architecture: Architecture = Architecture(),
            start: "ReptileTemplate | str | Path | None" = None, heldout: HeldOut | None = None,
            distributed: bool | None = None, **changes) -> "ReptileTemplate | ReindirModel":
     prof = get_profile(profile)
@@ -785,11 +814,13 @@ def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, file
     if start is not None and not isinstance(start, ReptileTemplate):
         raise ValueError(f"start must be a Reptile template (or its file), got {type(start).__name__}")
     settings = TrainSettings.for_profile(prof, **changes)
-    width, embedding_length, encoder_input = architecture
+    cohorts = _as_cohorts(cohorts)
     comm = _comm(distributed, device)
-    trainer = _Trainer(kind, _as_cohorts(cohorts), settings, prof, seed, comm.device,
-                       width or prof.encoder_width, embedding_length or prof.embedding_length, start, comm,
-                       encoder_input)
+    architecture = architecture._replace(
+        width=architecture.width or prof.encoder_width,
+        embedding_length=architecture.embedding_length or prof.embedding_length,
+        patch_size=_encoder_patch(architecture.patch_size, prof, cohorts) if kind == "reindir" else None)
+    trainer = _Trainer(kind, cohorts, settings, prof, seed, comm.device, architecture, start, comm)
     fingerprint = _fingerprint(kind, trainer, start)
     comm.verify_same(json.dumps(fingerprint, sort_keys=True) + _model_hash(trainer),
                      "the training inputs (data, settings, seed, initial model)")
@@ -903,10 +934,12 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
                   embedding_length: int | None = None, stop_after: int | None = None,
                   start: "ReptileTemplate | str | Path | None" = None, heldout: Sequence[Pair] | None = None,
                   heldout_every: int = 25, distributed: bool | None = None, encoder_input: str = "pair",
-                  **settings) -> ReindirModel:
+                  encoder_patch_size: tuple[int, int, int] | None = None, **settings) -> ReindirModel:
     """REINDIR (encoder + infusion heads + templates), Algorithm 1 with the Reptile sign fixed.
     Arguments as :func:`train_reptile`, plus the encoder's ``width``, ``embedding_length`` and
-    ``encoder_input`` (what it reads, :data:`reindir_nb.meta.encoder.ENCODER_INPUTS`).
+    ``encoder_input`` (what it reads, :data:`reindir_nb.meta.encoder.ENCODER_INPUTS`) and
+    ``encoder_patch_size`` (the size its input is resampled to; default: the profile's
+    ``encoder_patch_size``, else the prepared patch).
 
     Encoder only: ``inner_steps=0`` with ``start=`` a trained template keeps the templates fixed
     and spends every step on zero-shot encoder updates (``encoder_steps`` per task; no inner loop).
@@ -918,8 +951,8 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
     Distributed runs need ``encoder_update="averaged"`` (one encoder step per outer step on the
     gradient averaged over its tasks; the default "sequential" steps after every task in turn)."""
     return _train("reindir", cohorts, profile, seed, device, _files(checkpoint, checkpoint_every, log_path, resume),
-                  progress, stop_after, (width, embedding_length, encoder_input), start=start,
-                  heldout=_heldout(heldout, heldout_every), distributed=distributed, **settings)
+                  progress, stop_after, Architecture(width, embedding_length, encoder_input, encoder_patch_size),
+                  start=start, heldout=_heldout(heldout, heldout_every), distributed=distributed, **settings)
 
 
 def train_folds(pairs: Sequence[Pair], folder: str | Path, kind: str = "reindir", k: int = 5, seed: int = 0,
