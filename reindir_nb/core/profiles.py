@@ -45,7 +45,7 @@ class Profile:
     reindir_cycles: int | None = None  # encoder-only recipe: cosine cycles of the lr (None: TrainSettings' 4)
     encoder_input: str = "pair"       # what the REINDIR encoder reads (meta.encoder.ENCODER_INPUTS)
     # the size the encoder's input is resampled to (None: the prepared patch). Half the demo patch
-    # makes an encoder pass ~4x cheaper, so the same minutes buy more encoder updates (README)
+    # makes a zero-shot update ~240 ms instead of ~450, so the same minutes buy more of them (README)
     encoder_patch_size: tuple[int, int, int] | None = None
     reindir_landmark_weight: float = 0.0  # landmark supervision of the zero-shot encoder updates (0: none, the paper)
 
@@ -106,7 +106,7 @@ PROFILES: dict[str, Profile] = {
         # per demo phantom), the bending sweep at 2000 points, keypoint propagation 2 runs x 50 steps
         held_out_per_style=1, voxelmorph_epochs=3, reindir_warm_start=True,
         elastix_budget=(250, 2), bending_points_per_step=2000, propagation=(2, 1, 50),
-        # both directions, encoder alone on the frozen template, its input at 32^3 (a pass ~4x cheaper),
+        # both directions, encoder alone on the frozen template, its input at 32^3,
         # 100 outer steps x 9 distinct pairs x 1 update, one cosine cycle: 258 s, zero-shot 3.16 / 3.59 mm
         # held-out (as generated / swapped) where 3 updates per pair at 64^3 gave 4.21 / 3.69 in 453 s
         # (benchmarks/results/meta_demo/encoder_patch_tries.txt; the older recipe_demo.txt)

@@ -390,6 +390,11 @@ def _require_finite(value: Tensor, what: str) -> None:
         raise Diverged(f"{what} is not finite ({float(value.detach().reshape(-1)[0])})")
 
 
+def _patch_shapes(cohorts: dict[str, list[Pair]]) -> set[tuple[int, int, int]]:
+    """The prepared patch sizes (z, y, x) of every training pair."""
+    return {tuple(p.fixed.grid.shape) for ps in cohorts.values() for p in ps}
+
+
 class Architecture(NamedTuple):
     """REINDIR's encoder: start width, embedding length, what it reads and its input patch size
     (``None`` fields: the profile's, and for the patch size the prepared pairs' own)."""
@@ -435,7 +440,7 @@ class _Trainer:
         self.optimiser = self.scheduler = None
         if kind == "reindir":
             torch.manual_seed(seed)  # encoder init
-            shapes = {tuple(p.fixed.grid.shape) for ps in cohorts.values() for p in ps}
+            shapes = _patch_shapes(cohorts)
             if len(shapes) != 1:
                 raise ValueError(f"REINDIR needs prepared pairs of one patch size, got {sorted(shapes)}")
             a = architecture
@@ -794,7 +799,7 @@ def _encoder_patch(requested, profile: Profile, cohorts: dict[str, list[Pair]]) 
     if len(tuple(size)) != 3:
         raise ValueError(f"encoder_patch_size must be 3 voxel counts (z, y, x), got {size!r}")
     size = tuple(require_int(v, "encoder_patch_size", 1) for v in size)
-    shapes = {tuple(p.fixed.grid.shape) for ps in cohorts.values() for p in ps}
+    shapes = _patch_shapes(cohorts)
     if any(a > b for shape in shapes for a, b in zip(size, shape)):
         warnings.warn(f"encoder_patch_size {size} is larger than the prepared patch {sorted(shapes)}: the encoder "
                       "reads an upsampled image (slower, no more information)", RuntimeWarning, stacklevel=4)
