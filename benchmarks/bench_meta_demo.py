@@ -38,6 +38,8 @@ def main() -> None:
                          "benchmarks/bench_sweep_demo.py and notebook 04 load)")
     ap.add_argument("--reindir-start-from-reptile", action="store_true",
                     help="start REINDIR's templates from the Reptile template of this run (or OUT/reptile.pt)")
+    ap.add_argument("--reptile-anneal-eps", action="store_true",
+                    help="Reptile: the outer step eps decays linearly to 0 (the final template averages its last tasks)")
     ap.add_argument("--reindir-eps", type=float, default=None, help="REINDIR's Reptile step eps (default: settings)")
     ap.add_argument("--reindir-outer-steps", type=int, default=None, help="REINDIR's outer steps (default: --outer-steps)")
     ap.add_argument("--reindir-inner-steps", type=int, default=None,
@@ -95,6 +97,8 @@ def main() -> None:
             trained[method] = (rn.meta.load(out / f"{method}.pt"), float("nan"))
             continue
         extra = {}
+        if method == "reptile" and args.reptile_anneal_eps:
+            extra["anneal_eps"] = True
         if method == "reindir":
             if args.reindir_start_from_reptile:
                 extra["start"] = trained["reptile"][0]
