@@ -8,6 +8,9 @@ REINDIR on HELD-OUT phantom pairs: mean TRE at iteration 0 and 25, mean and rang
         [--reindir-start-from-reptile --reindir-inner-steps 0 --encoder-steps 3 --encoder-input pair+difference]
                                    (REINDIR: the encoder alone on the frozen Reptile template)
         [--directions as-generated swapped]   (evaluate the held-out pairs both ways)
+        [--thorax 3 --skip-random --random-on-thorax]   (domain shift: bundled thorax-ct, its checks printed)
+        [--methods --out DIR]   (evaluate DIR/reptile.pt and DIR/reindir.pt, e.g. the main job's checkpoints)
+        [--reptile-anneal-eps]   (Reptile's outer step decays linearly to 0)
 """
 
 from __future__ import annotations
