@@ -1,5 +1,8 @@
 """Train Reptile and REINDIR on phantom cohorts (three styles) and compare random init / Reptile /
 REINDIR on HELD-OUT phantom pairs: mean TRE at iteration 0 and 25, mean and range over seeds.
+Without flags both models follow the profile's recipe (README "Training recipes"; for ``demo`` REINDIR's
+encoder alone on the frozen Reptile template of this run); each flag below overrides one part of it
+(before 2026-12-03 the REINDIR defaults were the plain TrainSettings ones, with ``--encoder-input pair``).
 
     .venv/bin/python benchmarks/bench_meta_demo.py [--profile demo] [--outer-steps N] [--seeds 5]
         [--workspace W]   (--seeds 0: train and save only; bench_sweep_demo.py then evaluates)
@@ -40,7 +43,8 @@ def main() -> None:
                     help="also save the models as WORKSPACE/checkpoints/{reptile,reindir}.pt (what "
                          "benchmarks/bench_sweep_demo.py and notebook 04 load)")
     ap.add_argument("--reindir-start-from-reptile", action="store_true",
-                    help="start REINDIR's templates from the Reptile template of this run (or OUT/reptile.pt)")
+                    help="start REINDIR's templates from the Reptile template of this run (or OUT/reptile.pt); "
+                         "the default when the profile's recipe warm-starts (demo, smoke)")
     ap.add_argument("--reptile-anneal-eps", action="store_true",
                     help="Reptile: the outer step eps decays linearly to 0 (the final template averages its last tasks)")
     ap.add_argument("--reindir-eps", type=float, default=None, help="REINDIR's Reptile step eps (default: settings)")
@@ -48,7 +52,7 @@ def main() -> None:
     ap.add_argument("--reindir-inner-steps", type=int, default=None,
                     help="REINDIR's inner steps (0: encoder only on the frozen start template)")
     ap.add_argument("--encoder-steps", type=int, default=None, help="zero-shot encoder updates per task")
-    ap.add_argument("--encoder-input", default="pair", help="pair | pair+difference")
+    ap.add_argument("--encoder-input", default=None, help="pair | pair+difference (default: the profile's)")
     ap.add_argument("--encoder-patch", type=int, default=None,
                     help="REINDIR: the encoder reads its input resampled to N^3 (default: the profile's)")
     ap.add_argument("--tasks-per-set", type=int, default=None, help="REINDIR: tasks drawn per set per outer step")
@@ -56,7 +60,8 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=None, help="REINDIR: cosine cycles of its lr schedule (1: no restart)")
     ap.add_argument("--landmark-weight", type=float, default=None,
                     help="REINDIR: landmark supervision of the zero-shot encoder updates (x mean landmark mm)")
-    ap.add_argument("--swap-probability", type=float, default=0.0, help="both models: chance a task is swapped")
+    ap.add_argument("--swap-probability", type=float, default=None,
+                    help="both models: chance a task is swapped (default: the profile's; demo 0.5)")
     ap.add_argument("--directions", nargs="+", default=["as-generated"], choices=["as-generated", "swapped"])
     ap.add_argument("--thorax", type=int, default=0,
                     help="also evaluate on N bundled:thorax-ct pairs (real anatomy never trained on: domain shift)")
@@ -92,7 +97,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     changes = {} if args.outer_steps is None else {"outer_steps": args.outer_steps}
-    if args.swap_probability:
+    if args.swap_probability is not None:
         changes["swap_probability"] = args.swap_probability
     trained = {}
     for method, train_fn in (("reptile", rn.meta.train_reptile), ("reindir", rn.meta.train_reindir)):
@@ -103,17 +108,19 @@ def main() -> None:
         if method == "reptile" and args.reptile_anneal_eps:
             extra["anneal_eps"] = True
         if method == "reindir":
-            if args.reindir_start_from_reptile:
+            warm = args.reindir_start_from_reptile or prof.reindir_warm_start
+            extra = prof.reindir_settings(warm, args.reindir_eps)  # the profile's recipe, then the flags
+            extra["outer_steps"] = prof.reindir_steps(args.outer_steps, warm)
+            if warm:
                 extra["start"] = trained["reptile"][0]
-            if args.reindir_eps is not None:
-                extra["eps"] = args.reindir_eps
             for key, value in (("outer_steps", args.reindir_outer_steps), ("inner_steps", args.reindir_inner_steps),
                                ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight),
                                ("heads_lr", args.heads_lr), ("cycles", args.cycles),
                                ("tasks_per_set", args.tasks_per_set)):
                 if value is not None:
                     extra[key] = value
-            extra["encoder_input"] = args.encoder_input
+            if args.encoder_input is not None:
+                extra["encoder_input"] = args.encoder_input
             if args.encoder_patch is not None:
                 extra["encoder_patch_size"] = (args.encoder_patch,) * 3
         t = time.perf_counter()
