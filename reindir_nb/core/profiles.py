@@ -109,7 +109,8 @@ PROFILES: dict[str, Profile] = {
         # both directions, encoder alone on the frozen template, its input at 32^3,
         # 100 outer steps x 9 distinct pairs x 1 update, one cosine cycle: 258 s, zero-shot 3.16 / 3.59 mm
         # held-out (as generated / swapped) where 3 updates per pair at 64^3 gave 4.21 / 3.69 in 453 s
-        # (benchmarks/results/meta_demo/encoder_patch_tries.txt; the older recipe_demo.txt)
+        # (benchmarks/results/meta_demo/encoder_patch_tries.txt; the older recipe_demo.txt); the main job's
+        # models, 5 seeds: 3.28 / 3.41 mm (meta_demo/main_job_models_eval.txt)
         swap_probability=0.5, reindir_encoder_only=True, reindir_encoder_steps=1, encoder_input="pair+difference",
         reindir_tasks_per_set=3, reindir_cycles=1, encoder_patch_size=(32, 32, 32),
     ),
