@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--reptile-anneal-eps", action="store_true",
                     help="Reptile: the outer step eps decays linearly to 0 (the final template averages its last tasks)")
     ap.add_argument("--reindir-eps", type=float, default=None, help="REINDIR's Reptile step eps (default: settings)")
-    ap.add_argument("--reindir-outer-steps", type=int, default=None, help="REINDIR's outer steps (default: --outer-steps)")
+    ap.add_argument("--reindir-outer-steps", type=int, default=None, help="REINDIR's outer steps (default: the profile's share of --outer-steps, demo 2/3)")
     ap.add_argument("--reindir-inner-steps", type=int, default=None,
                     help="REINDIR's inner steps (0: encoder only on the frozen start template)")
     ap.add_argument("--encoder-steps", type=int, default=None, help="zero-shot encoder updates per task")
@@ -141,13 +141,13 @@ def main() -> None:
     from reindir_nb.data.preprocess import swap_direction
 
     rows = []
-    shifted_names = {p.name for p in shifted}
     record = 5 if args.iterations % 5 == 0 else args.iterations
     for direction in args.directions:
-        for pair in test + shifted:
+        for pair, is_shifted in [(p, False) for p in test] + [(p, True) for p in shifted]:
             pair = swap_direction(pair) if direction == "swapped" else pair
+            with_random = not args.skip_random or (args.random_on_thorax and is_shifted)
             for name, init in (("ccIDIR", "random"), ("Reptile", template), ("REINDIR", model)):
-                if name == "ccIDIR" and args.skip_random and not (args.random_on_thorax and pair.name in shifted_names):
+                if name == "ccIDIR" and not with_random:
                     continue
                 for seed in range(args.seeds):
                     run = rn.register(pair, init=init, iterations=args.iterations, seed=seed, prealign="none",
