@@ -57,6 +57,10 @@ def main() -> None:
                     help="REINDIR: the encoder reads its input resampled to N^3 (default: the profile's)")
     ap.add_argument("--tasks-per-set", type=int, default=None, help="REINDIR: tasks drawn per set per outer step")
     ap.add_argument("--heads-lr", type=float, default=None, help="REINDIR: peak Adam lr of the infusion heads")
+    ap.add_argument("--encoder-lr", type=float, default=None, help="REINDIR: peak Adam lr of the encoder (and heads)")
+    ap.add_argument("--encoder-ema", type=float, default=None,
+                    help="REINDIR: moving-average decay of the encoder weights per outer step (0: off)")
+    ap.add_argument("--width", type=int, default=None, help="REINDIR: the encoder's start width (default: the profile's)")
     ap.add_argument("--cycles", type=int, default=None, help="REINDIR: cosine cycles of its lr schedule (1: no restart)")
     ap.add_argument("--landmark-weight", type=float, default=None,
                     help="REINDIR: landmark supervision of the zero-shot encoder updates (x mean landmark mm)")
@@ -116,7 +120,8 @@ def main() -> None:
             for key, value in (("outer_steps", args.reindir_outer_steps), ("inner_steps", args.reindir_inner_steps),
                                ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight),
                                ("heads_lr", args.heads_lr), ("cycles", args.cycles),
-                               ("tasks_per_set", args.tasks_per_set)):
+                               ("tasks_per_set", args.tasks_per_set), ("encoder_lr", args.encoder_lr),
+                               ("width", args.width), ("encoder_ema", args.encoder_ema)):
                 if value is not None:
                     extra[key] = value
             if args.encoder_input is not None:
