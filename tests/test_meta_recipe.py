@@ -9,7 +9,7 @@ import torch
 import reindir_nb as rn
 from reindir_nb.data.preprocess import swap_direction
 from reindir_nb.meta import training as meta
-from reindir_nb.meta.encoder import DIFFERENCE_GAIN, encoder_channels
+from reindir_nb.meta.encoder import matched_moving, DIFFERENCE_GAIN, encoder_channels
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +159,29 @@ def test_difference_input_channels_by_hand():
     torch.testing.assert_close(encoder_channels(fixed, moving), torch.cat([fixed, moving], 1))
     with pytest.raises(ValueError, match="encoder input"):
         encoder_channels(fixed, moving, "difference")
+
+
+def test_matched_difference_undoes_an_intensity_change_inside_a_field_of_view():
+    """moving = 0.6 * fixed + 0.05 inside a cylinder-like field of view, 0 outside: the matched
+    moving equals the fixed image on the overlap, so the difference channel is ~0 everywhere
+    (the raw difference is not), and the moving/difference channels are 0 outside it."""
+    gen = torch.Generator().manual_seed(0)
+    fixed = 0.2 + 0.8 * torch.rand(1, 1, 8, 8, 8, generator=gen)
+    fov = torch.zeros_like(fixed, dtype=torch.bool)
+    fov[..., 2:6, 1:7, 1:7] = True
+    moving = torch.where(fov, 0.6 * fixed + 0.05, torch.zeros_like(fixed))
+    matched, overlap = matched_moving(fixed, moving)
+    assert torch.equal(overlap.bool(), fov)
+    torch.testing.assert_close(matched[fov], fixed[fov], rtol=1e-5, atol=1e-5)
+    x = encoder_channels(fixed, moving, "matched+difference")
+    assert x.shape == (1, 3, 8, 8, 8) and float(x[:, 2].abs().max()) < 1e-4
+    assert float(encoder_channels(fixed, moving, "pair+difference")[:, 2].abs().mean()) > 1.0
+    assert float(x[:, 1][~fov[:, 0]].abs().max()) == 0.0
+    torch.testing.assert_close(x[:, 0], fixed[:, 0] - fixed.mean())
+    # without an overlap worth the name (< 1 % of the patch) the match uses every voxel, finite
+    tiny = torch.zeros_like(fixed)
+    tiny[..., 0, 0, 0] = 0.5
+    assert torch.isfinite(encoder_channels(fixed, tiny, "matched+difference")).all()
 
 
 def test_encoder_input_is_saved_loaded_and_fingerprinted(tmp_path, cohorts, template):
