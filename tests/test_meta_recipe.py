@@ -193,6 +193,14 @@ def test_encoder_input_is_saved_loaded_and_fingerprinted(tmp_path, cohorts, temp
     problem = meta.Problem.from_pair(cohorts["nlst"][1])
     for a, b in zip(model.initial_params(problem)[0], loaded.initial_params(problem)[0]):
         torch.testing.assert_close(a, b)
+    shifted = rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=2, inner_steps=0,
+                                    encoder_input="pair+difference", output_shift=True)
+    assert shifted.info["fingerprint"]["output_shift"] == "True" and "output_shift" not in model.info["fingerprint"]
+    back = rn.meta.load(shifted.save(tmp_path / "s.pt"))
+    assert back.heads.output_shift and not loaded.heads.output_shift
+    assert float(back.heads.shift["forwardout"].weight.abs().sum()) > 0  # the shift head learned
+    for a, b in zip(shifted.initial_params(problem)[0], back.initial_params(problem)[0]):
+        torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="encoder_input"):  # the checkpoint is not resumed for another input
         rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=3, inner_steps=0,
                               checkpoint=tmp_path / "r.ckpt")

@@ -123,7 +123,8 @@ class ReindirModel(nn.Module):
     """
 
     def __init__(self, template: ReptileTemplate, patch_size: tuple[int, int, int], width: int = 6,
-                 embedding_length: int = 1025, info: dict | None = None, encoder_input: str = "pair"):
+                 embedding_length: int = 1025, info: dict | None = None, encoder_input: str = "pair",
+                 output_shift: bool = False):
         super().__init__()
         if encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {sorted(ENCODER_INPUTS)}, got {encoder_input!r}")
@@ -131,7 +132,7 @@ class ReindirModel(nn.Module):
         self.siren_config = template.siren_config
         self.encoder_input = encoder_input
         self.encoder = Encoder(patch_size, width, embedding_length, ENCODER_INPUTS[encoder_input])
-        self.heads = InfusionHeads(embedding_length, template.siren_config.hidden)
+        self.heads = InfusionHeads(embedding_length, template.siren_config.hidden, output_shift=output_shift)
         self.info = dict(info or {})
         self.encoder_seconds = 0.0
 
@@ -170,7 +171,7 @@ class ReindirModel(nn.Module):
         return {"kind": "reindir", "format_version": FORMAT_VERSION, "template": self.template.state(),
                 "patch_size": list(self.encoder.patch_size),
                 "width": self.encoder.width, "embedding_length": self.encoder.embedding_length,
-                "encoder_input": self.encoder_input,
+                "encoder_input": self.encoder_input, "output_shift": self.heads.output_shift,
                 "encoder": {k: v.cpu() for k, v in self.encoder.state_dict().items()},
                 "heads": {k: v.cpu() for k, v in self.heads.state_dict().items()}, "info": self.info}
 
@@ -194,7 +195,8 @@ def _model_from_state(state: dict, where: str = "model") -> "ReptileTemplate | R
     if state["kind"] == "reptile":
         return _template_from_state(state, where)
     model = ReindirModel(_template_from_state(state["template"], where), tuple(state["patch_size"]), state["width"],
-                         state["embedding_length"], state.get("info"), state.get("encoder_input", "pair"))
+                         state["embedding_length"], state.get("info"), state.get("encoder_input", "pair"),
+                         bool(state.get("output_shift", False)))
     _check_finite(list(state["encoder"].values()) + list(state["heads"].values()), f"{where}: encoder/heads")
     try:
         model.encoder.load_state_dict(state["encoder"])
@@ -412,6 +414,7 @@ class Architecture(NamedTuple):
     embedding_length: int | None = None
     encoder_input: str = "pair"
     patch_size: tuple[int, int, int] | None = None
+    output_shift: bool = False  # the infusion heads also translate each INR's output (meta.infusion)
 
 
 class _Trainer:
@@ -454,7 +457,7 @@ class _Trainer:
                 raise ValueError(f"REINDIR needs prepared pairs of one patch size, got {sorted(shapes)}")
             a = architecture
             self.model = ReindirModel(template, a.patch_size or shapes.pop(), a.width, a.embedding_length,
-                                      encoder_input=a.encoder_input).to(device)
+                                      encoder_input=a.encoder_input, output_shift=a.output_shift).to(device)
             encoder, heads = list(self.model.encoder.parameters()), list(self.model.heads.parameters())
             groups = ([{"params": encoder + heads}] if settings.heads_lr is None else
                       [{"params": encoder}, {"params": heads, "lr": settings.heads_lr}])
@@ -805,6 +808,8 @@ def _fingerprint(kind: str, trainer: "_Trainer", start: ReptileTemplate | None) 
         out.update(width=str(trainer.model.encoder.width), embedding_length=str(trainer.model.encoder.embedding_length))
         out["encoder_input"] = trainer.model.encoder_input
         out["encoder_patch_size"] = "x".join(map(str, trainer.model.encoder.patch_size))
+        if trainer.model.heads.output_shift:  # only when on: older checkpoints (without it) still resume
+            out["output_shift"] = "True"
     out.update({f"settings.{k}": v for k, v in trainer.settings.fingerprint().items() if k != "outer_steps"})
     return out
 
@@ -992,12 +997,15 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
                   embedding_length: int | None = None, stop_after: int | None = None,
                   start: "ReptileTemplate | str | Path | None" = None, heldout: Sequence[Pair] | None = None,
                   heldout_every: int = 25, distributed: bool | None = None, encoder_input: str = "pair",
-                  encoder_patch_size: tuple[int, int, int] | None = None, **settings) -> ReindirModel:
+                  encoder_patch_size: tuple[int, int, int] | None = None, output_shift: bool = False,
+                  **settings) -> ReindirModel:
     """REINDIR (encoder + infusion heads + templates), Algorithm 1 with the Reptile sign fixed.
     Arguments as :func:`train_reptile`, plus the encoder's ``width``, ``embedding_length`` and
     ``encoder_input`` (what it reads, :data:`reindir_nb.meta.encoder.ENCODER_INPUTS`) and
     ``encoder_patch_size`` (the size its input is resampled to; default: the profile's
-    ``encoder_patch_size``, else the prepared patch).
+    ``encoder_patch_size``, else the prepared patch) and ``output_shift`` (the heads also
+    translate each INR's output, :mod:`reindir_nb.meta.infusion`; the profile's recipe says
+    whether, ``Profile.reindir_settings``).
 
     Encoder only: ``inner_steps=0`` with ``start=`` a trained template keeps the templates fixed
     and spends every step on zero-shot encoder updates (``encoder_steps`` per task; no inner loop).
@@ -1009,7 +1017,8 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
     Distributed runs need ``encoder_update="averaged"`` (one encoder step per outer step on the
     gradient averaged over its tasks; the default "sequential" steps after every task in turn)."""
     return _train("reindir", cohorts, profile, seed, device, _files(checkpoint, checkpoint_every, log_path, resume),
-                  progress, stop_after, Architecture(width, embedding_length, encoder_input, encoder_patch_size),
+                  progress, stop_after,
+                  Architecture(width, embedding_length, encoder_input, encoder_patch_size, bool(output_shift)),
                   start=start, heldout=_heldout(heldout, heldout_every), distributed=distributed, **settings)
 
 
