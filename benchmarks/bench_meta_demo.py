@@ -58,8 +58,6 @@ def main() -> None:
     ap.add_argument("--tasks-per-set", type=int, default=None, help="REINDIR: tasks drawn per set per outer step")
     ap.add_argument("--heads-lr", type=float, default=None, help="REINDIR: peak Adam lr of the infusion heads")
     ap.add_argument("--encoder-lr", type=float, default=None, help="REINDIR: peak Adam lr of the encoder (and heads)")
-    ap.add_argument("--encoder-ema", type=float, default=None,
-                    help="REINDIR: moving-average decay of the encoder weights per outer step (0: off)")
     ap.add_argument("--output-shift", choices=("on", "off"), default=None,
                     help="REINDIR: heads that also translate the INRs' output (default: the profile's)")
     ap.add_argument("--width", type=int, default=None, help="REINDIR: the encoder's start width (default: the profile's)")
@@ -127,7 +125,7 @@ def main() -> None:
                                ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight),
                                ("heads_lr", args.heads_lr), ("cycles", args.cycles),
                                ("tasks_per_set", args.tasks_per_set), ("encoder_lr", args.encoder_lr),
-                               ("width", args.width), ("encoder_ema", args.encoder_ema)):
+                               ("width", args.width)):
                 if value is not None:
                     extra[key] = value
             if args.output_shift is not None:

@@ -139,35 +139,12 @@ def test_untrained_reindir_equals_template_in_register(cohorts):
     assert model.encoder_seconds > 0
 
 
-def test_encoder_ema_is_the_moving_average_of_the_learned_weights(cohorts):
-    """encoder_ema=d: after each outer step avg <- d avg + (1 - d) w; ema_weights() swaps it in and
-    back; use_ema() keeps it (what training returns)."""
-    trainer = _trainer("reindir", cohorts, encoder_ema=0.5)
-    expected = [p.detach().clone() for p in trainer.learned()]
-    for _ in range(3):
-        trainer.outer_step()
-        expected = [0.5 * e + 0.5 * p.detach() for e, p in zip(expected, trainer.learned())]
-    last = [p.detach().clone() for p in trainer.learned()]
-    assert any(not torch.equal(a, b) for a, b in zip(last, expected))
-    with trainer.ema_weights():
-        for p, e in zip(trainer.learned(), expected):
-            torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-8)
-    assert all(torch.equal(p.detach(), w) for p, w in zip(trainer.learned(), last))  # put back
-    trainer.use_ema()
-    for p, e in zip(trainer.learned(), expected):
-        torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-8)
-    with pytest.raises(ValueError, match="encoder_ema"):
-        meta.TrainSettings.for_profile("smoke", encoder_ema=1.0)
-
-
-@pytest.mark.parametrize("kind", ["reptile", "reindir", "reindir-adapted", "reindir-ema"])
+@pytest.mark.parametrize("kind", ["reptile", "reindir", "reindir-adapted"])
 def test_resume_equals_uninterrupted(tmp_path, cohorts, kind):
     train = meta.train_reptile if kind == "reptile" else meta.train_reindir
     kw = dict(outer_steps=3, progress=False, seed=3)
     if kind == "reindir-adapted":
         kind, kw["encoder_loss_at"] = "reindir", "adapted"
-    if kind == "reindir-ema":  # the average is part of what a checkpoint resumes
-        kind, kw["encoder_ema"] = "reindir", 0.5
     full = train(cohorts, "smoke", log_path=tmp_path / "full.csv", **kw)
     ck = tmp_path / "ck.pt"
     train(cohorts, "smoke", checkpoint=ck, checkpoint_every=1, stop_after=1, log_path=tmp_path / "r.csv", **kw)

@@ -28,7 +28,6 @@ optimiser and scheduler states, the step); they do not depend on the number of r
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
@@ -290,11 +289,6 @@ class TrainSettings:
     # pair-specific part of a modulation comes from the pair-to-pair variation of the embedding
     # (~25 % of its norm), so at the encoder's lr the heads move it slowly.
     heads_lr: float | None = None
-    # Exponential moving average of the encoder and head weights (REINDIR), decay per outer step:
-    # the model returned and saved, and the held-out curve, use the average. A zero-shot update sees
-    # one pair at 2000 points, so the last weights carry the noise of the last few pairs.
-    # 0: the last weights (the paper).
-    encoder_ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.encoder_loss_at not in ("adapted", "template"):
@@ -325,9 +319,6 @@ class TrainSettings:
         require_float(self.encoder_lr, "encoder_lr", positive=True)
         if self.heads_lr is not None:
             require_float(self.heads_lr, "heads_lr", positive=True)
-        require_float(self.encoder_ema, "encoder_ema", minimum=0.0)
-        if self.encoder_ema >= 1:
-            raise ValueError(f"encoder_ema must be in [0, 1) (a decay per outer step), got {self.encoder_ema}")
         require_float(self.eps, "eps", minimum=0.0)
         lo, hi = (require_float(v, "scale_range", positive=True) for v in self.scale_range)
         if lo > hi:
@@ -464,9 +455,6 @@ class _Trainer:
             self.optimiser = torch.optim.Adam(groups, lr=settings.encoder_lr)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimiser, _cosine_with_restarts(settings.outer_steps, settings.warmup_steps, settings.cycles))
-        # the moving average of the learned weights (settings.encoder_ema; None: off)
-        self.ema = ([p.detach().clone() for p in self.learned()]
-                    if kind == "reindir" and settings.encoder_ema > 0 else None)
         self._seed_task(0)  # self.rng (pair, scale) and self.points (sample points): reseeded per task
         self.log_rows: list[dict] = []
         self.elapsed = 0.0
@@ -483,38 +471,6 @@ class _Trainer:
     def learned(self) -> list[Tensor]:
         """The encoder and head parameters (what Adam updates), in a fixed order."""
         return [p for g in self.optimiser.param_groups for p in g["params"]] if self.optimiser is not None else []
-
-    def _update_ema(self) -> None:
-        if self.ema is not None:
-            d = self.settings.encoder_ema
-            with torch.no_grad():
-                for avg, p in zip(self.ema, self.learned()):
-                    avg.mul_(d).add_(p.detach(), alpha=1 - d)
-
-    @contextlib.contextmanager
-    def ema_weights(self):
-        """Within the block the model's encoder and heads hold the moving average (if any)."""
-        if self.ema is None:
-            yield self.model
-            return
-        learned = self.learned()
-        current = [p.detach().clone() for p in learned]
-        with torch.no_grad():
-            for p, avg in zip(learned, self.ema):
-                p.copy_(avg)
-        try:
-            yield self.model
-        finally:
-            with torch.no_grad():
-                for p, c in zip(learned, current):
-                    p.copy_(c)
-
-    def use_ema(self) -> None:
-        """Put the moving average into the model for good (the end of training)."""
-        if self.ema is not None:
-            with torch.no_grad():
-                for p, avg in zip(self.learned(), self.ema):
-                    p.copy_(avg)
 
     def tasks(self) -> list[str]:
         """The set of each task of one outer step, in task order: every set (sorted by name),
@@ -709,7 +665,6 @@ class _Trainer:
                 p.grad = mean[offset:offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
             self.optimiser.step()
-        self._update_ema()
         row = {"step": self.step}
         losses = rows[:, -2:].double().cpu().numpy()
         for name in sorted(self.cohorts):
@@ -733,7 +688,6 @@ class _Trainer:
             "optimiser": None if self.optimiser is None else self.optimiser.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "log": self.log_rows if with_log else [], "torch_rng": torch.get_rng_state(),
-            "ema": None if self.ema is None else [t.detach().cpu().clone() for t in self.ema],
         }
 
     def restore(self, state: dict) -> None:
@@ -748,10 +702,6 @@ class _Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         else:
             self.model = model
-        if self.ema is not None:
-            if state.get("ema") is None or len(state["ema"]) != len(self.ema):
-                raise ValueError("checkpoint has no moving average of the encoder weights (encoder_ema)")
-            self.ema = [t.to(self.device).clone() for t in state["ema"]]
         self.step, self.elapsed = state["step"], state["elapsed"]
         torch.set_rng_state(state["torch_rng"])
         self.log_rows = list(state["log"])
@@ -912,9 +862,7 @@ def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, file
             break
         if heldout is not None and (trainer.step % heldout.every == 0 or trainer.step == last):
             # rank 0 evaluates, every rank logs the same number (the log rows are in the checkpoint)
-            with trainer.ema_weights() as model:
-                tre = _heldout_tre(model, heldout) if comm.is_main else None
-            row["heldout_tre_mm"] = comm.broadcast_float(tre)
+            row["heldout_tre_mm"] = comm.broadcast_float(_heldout_tre(trainer.model, heldout) if comm.is_main else None)
         bar.update(1)
         bar.set_postfix(loss=np.mean([v for k, v in row.items() if k.endswith("loss_adapted")]))
         if files.log and comm.is_main:
@@ -925,7 +873,6 @@ def _train(kind: str, cohorts, profile: "str | Profile", seed: int, device, file
                          "fingerprint": fingerprint}, files.checkpoint)
     bar.close()
     comm.barrier()  # rank 0's last checkpoint is on disk before any rank goes on (and may read it)
-    trainer.use_ema()
     model = trainer.model
     info = {"profile": prof.name, "outer_steps": trainer.step, "seconds": trainer.elapsed, "seed": seed,
             "sets": sorted(trainer.cohorts), "settings": {k: str(v) for k, v in vars(settings).items()},
