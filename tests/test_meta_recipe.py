@@ -201,6 +201,10 @@ def test_encoder_input_is_saved_loaded_and_fingerprinted(tmp_path, cohorts, temp
     assert float(back.heads.shift["forwardout"].weight.abs().sum()) > 0  # the shift head learned
     for a, b in zip(shifted.initial_params(problem)[0], back.initial_params(problem)[0]):
         torch.testing.assert_close(a, b)
+    lying = {**model.state(), "output_shift": True}  # says it has shift heads, holds none
+    torch.save(lying, tmp_path / "lying.pt")
+    with pytest.raises(ValueError, match="lying.pt.*output_shift True"):
+        rn.meta.load(tmp_path / "lying.pt")
     with pytest.raises(ValueError, match="encoder_input"):  # the checkpoint is not resumed for another input
         rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=3, inner_steps=0,
                               checkpoint=tmp_path / "r.ckpt")

@@ -27,6 +27,7 @@ __all__ = ["LargeKernelBlock", "Encoder", "bottleneck_plan", "encoder_output_siz
 #     and difference channels are zero elsewhere. On demo cbct phantoms (a limited field of view and
 #     an intensity shift/scale) mean |f - m| is 0.17-0.23 against 0.05 on dirlab/nlst: without the
 #     match the difference channel shows the field of view and the intensity change, not the motion.
+#     Measured at demo it left the cbct start where it was (meta_demo/encoder_plateau_tries.txt).
 ENCODER_INPUTS = {"pair": 2, "pair+difference": 3, "matched+difference": 3}
 DIFFERENCE_GAIN = 10.0
 OVERLAP_LEVEL = 1e-3  # intensity on [0, 1] above which a voxel holds data (air and outside the field of view: 0)

@@ -10,7 +10,9 @@ E = 1025 each row is a shifted copy), giving ``Gamma_l``; then ``W_l <- W_l * (1
 3-vector added to the output layer's bias, a global translation of the displacement (INR units).
 A translation is what the hidden-layer modulations express worst: on demo cbct phantoms (a set-up
 translation of 2-6 mm) the zero-shot residual of a model without it was almost all a mean offset
-(TRE 5.6 / 3.8 mm, |mean error| 5.3 / 3.4 mm; README "Training recipes").
+(TRE 5.6 / 3.8 mm, |mean error| 5.3 / 3.4 mm). Measured at demo, the head did not lower the
+start beyond run-to-run noise (``benchmarks/results/meta_demo/encoder_plateau_tries.txt``): it is
+off in every profile.
 
 The heads read ``e / sqrt(E)``: with the encoder's signal-preserving initialisation the embedding
 entries are O(1), and an Adam step on an (E x E) head would otherwise change ``gamma`` by

@@ -202,7 +202,8 @@ def _model_from_state(state: dict, where: str = "model") -> "ReptileTemplate | R
         model.heads.load_state_dict(state["heads"])
     except RuntimeError as err:  # shapes that do not match the stated architecture
         raise ValueError(f"{where}: encoder/heads do not match width {state['width']}, embedding length "
-                         f"{state['embedding_length']}: {str(err).splitlines()[0]}") from None
+                         f"{state['embedding_length']}, output_shift {bool(state.get('output_shift', False))}: "
+                         f"{str(err).splitlines()[0]}") from None
     return model
 
 
