@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--train-pairs", type=int, default=None, help="phantom pairs per style for training")
     ap.add_argument("--test-pairs", type=int, default=2, help="held-out pairs per style")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--train-seed", type=int, default=0, help="seed of both trainings (encoder init, task draws)")
     ap.add_argument("--iterations", type=int, default=25)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--methods", nargs="*", default=["reptile", "reindir"], choices=["reptile", "reindir"],
@@ -135,7 +136,7 @@ def main() -> None:
             if args.encoder_patch is not None:
                 extra["encoder_patch_size"] = (args.encoder_patch,) * 3
         t = time.perf_counter()
-        trained[method] = (train_fn(train, prof, log_path=out / f"{method}_log.csv", heldout=test,
+        trained[method] = (train_fn(train, prof, seed=args.train_seed, log_path=out / f"{method}_log.csv", heldout=test,
                                     heldout_every=args.heldout_every, **{**changes, **extra}),
                            time.perf_counter() - t)
         trained[method][0].save(out / f"{method}.pt")
