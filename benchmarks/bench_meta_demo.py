@@ -104,7 +104,8 @@ def main() -> None:
     missing = [f"{out / m}.pt" for m in ("reptile", "reindir") if m not in args.methods and not (out / f"{m}.pt").is_file()]
     if missing:  # before any training, not after it
         raise SystemExit(f"--methods {' '.join(args.methods) or '(none)'}: the models not trained are loaded from "
-                         f"--out, and {', '.join(missing)} is missing: train that method too or put its file there")
+                         f"--out, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: train that "
+                         "method too or put its file there")
     changes = {} if args.outer_steps is None else {"outer_steps": args.outer_steps}
     if args.swap_probability is not None:
         changes["swap_probability"] = args.swap_probability
