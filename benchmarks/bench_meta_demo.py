@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--tasks-per-set", type=int, default=None, help="REINDIR: tasks drawn per set per outer step")
     ap.add_argument("--heads-lr", type=float, default=None, help="REINDIR: peak Adam lr of the infusion heads")
     ap.add_argument("--encoder-lr", type=float, default=None, help="REINDIR: peak Adam lr of the encoder (and heads)")
-    ap.add_argument("--output-shift", choices=("on", "off"), default=None,
-                    help="REINDIR: heads that also translate the INRs' output (default: the profile's)")
+    ap.add_argument("--output-shift", action="store_true",
+                    help="REINDIR: heads that also translate the INRs' output (off in every profile)")
     ap.add_argument("--width", type=int, default=None, help="REINDIR: the encoder's start width (default: the profile's)")
     ap.add_argument("--cycles", type=int, default=None, help="REINDIR: cosine cycles of its lr schedule (1: no restart)")
     ap.add_argument("--landmark-weight", type=float, default=None,
@@ -130,8 +130,8 @@ def main() -> None:
                                ("width", args.width)):
                 if value is not None:
                     extra[key] = value
-            if args.output_shift is not None:
-                extra["output_shift"] = args.output_shift == "on"
+            if args.output_shift:
+                extra["output_shift"] = True
             if args.encoder_input is not None:
                 extra["encoder_input"] = args.encoder_input
             if args.encoder_patch is not None:

@@ -48,7 +48,6 @@ class Profile:
     # makes a zero-shot update ~240 ms instead of ~450, so the same minutes buy more of them (README)
     encoder_patch_size: tuple[int, int, int] | None = None
     reindir_landmark_weight: float = 0.0  # landmark supervision of the zero-shot encoder updates (0: none, the paper)
-    reindir_output_shift: bool = False  # the infusion heads also translate the INRs' output (meta.infusion)
 
     def reindir_steps(self, outer_steps: int | None = None, warm_start: bool | None = None) -> int:
         """Outer steps of REINDIR when Reptile trains ``outer_steps`` (default: the profile's):
@@ -63,8 +62,6 @@ class Profile:
         phase (``inner_steps=0``, ``encoder_steps``) or the gentle template step ``eps``."""
         warm = self.reindir_warm_start if warm_start is None else bool(warm_start)
         out: dict = {"encoder_input": self.encoder_input}
-        if self.reindir_output_shift:
-            out["output_shift"] = True
         if warm and self.reindir_encoder_only and eps is None:
             out.update(inner_steps=0, encoder_steps=self.reindir_encoder_steps)
             if self.reindir_tasks_per_set != 1:

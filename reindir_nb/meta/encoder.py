@@ -58,14 +58,13 @@ def encoder_channels(fixed: Tensor, moving: Tensor, mode: str = "pair") -> Tenso
     """``(B, C, D, H, W)`` encoder input from fixed and moving ``(B, 1, D, H, W)`` patches."""
     if mode == "pair":
         return torch.cat([fixed, moving], dim=1)
+    if mode not in ENCODER_INPUTS:
+        raise ValueError(f"encoder input must be one of {sorted(ENCODER_INPUTS)}, got {mode!r}")
+    mean = fixed.mean(dim=(1, 2, 3, 4), keepdim=True)
     if mode == "pair+difference":
-        mean = fixed.mean(dim=(1, 2, 3, 4), keepdim=True)
         return torch.cat([fixed - mean, moving - mean, DIFFERENCE_GAIN * (fixed - moving)], dim=1)
-    if mode == "matched+difference":
-        matched, overlap = matched_moving(fixed, moving)
-        mean = fixed.mean(dim=(1, 2, 3, 4), keepdim=True)
-        return torch.cat([fixed - mean, (matched - mean) * overlap, DIFFERENCE_GAIN * (fixed - matched) * overlap], dim=1)
-    raise ValueError(f"encoder input must be one of {sorted(ENCODER_INPUTS)}, got {mode!r}")
+    matched, overlap = matched_moving(fixed, moving)  # "matched+difference"
+    return torch.cat([fixed - mean, (matched - mean) * overlap, DIFFERENCE_GAIN * (fixed - matched) * overlap], dim=1)
 
 
 class LargeKernelBlock(nn.Module):

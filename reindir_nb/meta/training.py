@@ -952,8 +952,7 @@ def train_reindir(cohorts, profile: "str | Profile" = "demo", seed: int = 0, dev
     ``encoder_input`` (what it reads, :data:`reindir_nb.meta.encoder.ENCODER_INPUTS`) and
     ``encoder_patch_size`` (the size its input is resampled to; default: the profile's
     ``encoder_patch_size``, else the prepared patch) and ``output_shift`` (the heads also
-    translate each INR's output, :mod:`reindir_nb.meta.infusion`; the profile's recipe says
-    whether, ``Profile.reindir_settings``).
+    translate each INR's output, :mod:`reindir_nb.meta.infusion`; off in every profile).
 
     Encoder only: ``inner_steps=0`` with ``start=`` a trained template keeps the templates fixed
     and spends every step on zero-shot encoder updates (``encoder_steps`` per task; no inner loop).
