@@ -17,14 +17,20 @@ encoder back (its generalisation or its training is); if even the oracle stays h
 cannot start better than that whatever the encoder learns. TRE: mean landmark distance (mm) of the
 cycle estimate as ``register`` reports it (``tre_mean_mm`` at iteration 0 of a start).
 
+``--then N [M ...]``: from each start (the template, the encoder's, each free fit's last state) N
+(and M ...) ordinary test-time steps (``register`` as a user runs it: default lr, warm-up and safe
+start, so the template's swapped rows may start from the identity): what a better start is
+still worth after N steps, i.e. whether the N-step error follows the start or the test-time objective.
+
     .venv/bin/python benchmarks/bench_modulation_capacity.py --template WS/checkpoints/reptile.pt \\
-        --reindir WS/checkpoints/reindir.pt --steps 100 --directions as-generated swapped
+        --reindir WS/checkpoints/reindir.pt --steps 100 --directions as-generated swapped [--then 10 25]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -39,16 +45,25 @@ from reindir_nb.meta.infusion import modulate
 from reindir_nb.meta.training import ReindirModel, ReptileTemplate
 
 
+def tre_after(pair, forward, backward, config, steps=(0,), safe_start: bool = False) -> dict[int, float]:
+    """``register``'s mean TRE (mm, cycle estimate) after each of ``steps`` test-time steps (0: the
+    start itself) from the start (forward, backward); ``safe_start`` as in ``register``."""
+    start = ReptileTemplate([p.detach().clone() for p in forward], [p.detach().clone() for p in backward], config)
+    run = rn.register(pair, init=start, iterations=max(steps), record_every=1, prealign="none", progress=False,
+                      safe_start=safe_start)
+    tre = run.history.set_index("iteration")["tre_mean_mm"]
+    return {k: float(tre[k]) for k in steps}
+
+
 def zero_shot_tre(pair, forward, backward, config) -> float:
     """``register``'s iteration-0 mean TRE (mm, cycle estimate) of the start (forward, backward)."""
-    start = ReptileTemplate([p.detach().clone() for p in forward], [p.detach().clone() for p in backward], config)
-    run = rn.register(pair, init=start, iterations=0, prealign="none", progress=False, safe_start=False)
-    return float(run.history["tre_mean_mm"].iloc[0])
+    return tre_after(pair, forward, backward, config)[0]
 
 
 def free_fit(template, pair, problem: Problem, objective: Objective, omega: float, length: int, steps: int, lr: float,
-             points: int, supervised: bool, record: list[int]) -> dict[int, float]:
-    """Fit free modulation vectors for one pair; :func:`zero_shot_tre` (mm) at the ``record`` steps."""
+             points: int, supervised: bool, record: list[int]) -> tuple[dict[int, float], tuple]:
+    """Fit free modulation vectors for one pair: :func:`zero_shot_tre` (mm) at the ``record`` steps,
+    and the last (forward, backward) params."""
     forward, backward = list(template.forward), list(template.backward)
     mods = {net: ({l: torch.zeros(length, requires_grad=True) for l in MODULATED_LAYERS},
                   {l: torch.zeros(forward[2 * l + 1].shape[0], requires_grad=True) for l in MODULATED_LAYERS})
@@ -62,7 +77,7 @@ def free_fit(template, pair, problem: Problem, objective: Objective, omega: floa
         if step in record:
             out[step] = zero_shot_tre(pair, f, b, template.siren_config)
         if step == steps:
-            break
+            return out, (f, b)
         if supervised:
             loss = landmark_error_mm(f, b, problem, omega)
         else:
@@ -72,7 +87,6 @@ def free_fit(template, pair, problem: Problem, objective: Objective, omega: floa
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return out
 
 
 def main() -> None:
@@ -84,7 +98,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-2, help="Adam lr of the free modulations")
     ap.add_argument("--directions", nargs="+", default=["as-generated"], choices=["as-generated", "swapped"])
-    ap.add_argument("--out", default=None, help="CSV of the table")
+    ap.add_argument("--then", type=int, nargs="*", default=[],
+                    help="also N test-time steps from each start (template, encoder, free fits' last state)")
+    ap.add_argument("--out", default=None, help="CSV of the table (with --then, also <name>_then.csv)")
     ap.add_argument("--manifest", default=None,
                     help="instead of held-out seeds, the first --test-pairs phantom pairs per style of this prepared "
                          "folder (WORKSPACE/prepared: the pairs the models were trained on)")
@@ -105,7 +121,7 @@ def main() -> None:
     else:  # seeds never trained on
         pairs = [rn.prepare(rn.phantom.make_pair(seed=10_000 + i, style=s, profile=prof.name), prof)
                  for s in styles for i in range(args.test_pairs)]
-    rows = []
+    rows, then = [], []
     for direction in args.directions:
         for given in pairs:
             style = given.dataset.removeprefix("phantom-")
@@ -115,10 +131,12 @@ def main() -> None:
             base = {"direction": direction, "style": style, "pair": pair.name}
             initial = target_registration_error(pair.fixed_landmarks, pair.moving_landmarks)["mean"]
             rows.append({**base, "method": "unregistered", "step": 0, "tre_mm": initial})
+            starts = {"template": (template.forward, template.backward)}
             for name, supervised in (("free-unsupervised", False), ("free-landmarks", True)):
-                tre = free_fit(template, pair, problem, objective, omega, length, args.steps, args.lr,
-                               prof.inner_points, supervised, record)
+                tre, fitted = free_fit(template, pair, problem, objective, omega, length, args.steps, args.lr,
+                                       prof.inner_points, supervised, record)
                 rows += [{**base, "method": name, "step": k, "tre_mm": v} for k, v in tre.items()]
+                starts[f"{name} ({args.steps} steps)"] = fitted
             run = rn.register(pair, init=template, iterations=max(r for r in record if r <= 50),
                               record_every=1, prealign="none", progress=False, safe_start=False)
             tre = run.history.set_index("iteration")["tre_mean_mm"]
@@ -129,6 +147,10 @@ def main() -> None:
                                   safe_start=False)
                 rows.append({**base, "method": "encoder", "step": 0,
                              "tre_mm": float(run.history["tre_mean_mm"].iloc[0])})
+                starts["encoder"] = (run.forward, run.backward)
+            for name, (f, b) in starts.items() if args.then else ():  # as a user runs them: with the safe start
+                tre = tre_after(pair, f, b, template.siren_config, (0, *args.then), safe_start=True)
+                then += [{**base, "start": name, "steps": k, "tre_mm": v} for k, v in tre.items()]
             print(f"{direction} {pair.name}: {time.perf_counter() - t0:.0f} s", flush=True)
     table = pd.DataFrame(rows)
     if args.out:
@@ -141,6 +163,14 @@ def main() -> None:
         print("per style (last recorded step of each method):")
         last = part.sort_values("step").groupby(["pair", "method"]).tail(1)
         print(last.pivot_table(index="style", columns="method", values="tre_mm").round(2).to_string())
+    if then:
+        after = pd.DataFrame(then)
+        if args.out:
+            after.to_csv(Path(args.out).with_name(Path(args.out).stem + "_then.csv"), index=False)
+        for direction, part in after.groupby("direction"):
+            print(f"\n[{direction}] mean TRE (mm) of each start (0) and after {' / '.join(map(str, args.then))} "
+                  "test-time steps from it")
+            print(part.pivot_table(index="start", columns="steps", values="tre_mm", aggfunc="mean").round(2).to_string())
 
 
 if __name__ == "__main__":
