@@ -16,7 +16,7 @@ from .core.geometry import Grid
 from .core.pair import Pair
 from .core.profiles import Profile, get_profile
 from .core.volume import Volume
-from .inr.registration import RegistrationRun, register
+from .inr.registration import RegisterSettings, RegistrationRun, register
 from . import simulation  # noqa: F401  (registers the phantom: and bundled:thorax-ct data sources)
 
 __version__ = "0.1.0"
@@ -32,7 +32,7 @@ _MODULES = {
     "landmarks": "simulation.landmarks",
     "derivatives": "inr.derivatives", "losses": "inr.losses", "objective": "inr.objective",
     "registration": "inr.registration", "export": "inr.export",
-    "encoder": "meta.encoder", "infusion": "meta.infusion", "training": "meta.training",
+    "encoder": "meta.encoder", "infusion": "meta.infusion", "training": "meta.training", "recipes": "meta.recipes",
     "evaluate": "evaluation", "voxelmorph": "evaluation.voxelmorph",
     "figures": "viz.figures", "widgets": "viz.widgets", "explorers": "viz.explorers",
 }
@@ -45,7 +45,7 @@ _FUNCTIONS = {
     "Workspace": ("evaluation.workspace", "Workspace"),
 }
 
-__all__ = ["Grid", "Pair", "Profile", "Volume", "get_profile", "register", "RegistrationRun", *_FUNCTIONS,
+__all__ = ["Grid", "Pair", "Profile", "Volume", "get_profile", "register", "RegisterSettings", "RegistrationRun", *_FUNCTIONS,
            *sorted(_MODULES)]
 
 

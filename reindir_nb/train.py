@@ -11,7 +11,11 @@ K processes on one machine (gloo on CPU, NCCL with one rank per GPU; docs/distri
 
 The pairs come from ``WORKSPACE/prepared`` (written by notebook 01 with ``rn.io.save_pairs``) or,
 with ``--phantom N``, are N phantom pairs per style (dirlab, nlst, cbct) generated and prepared
-now (nothing is written to ``WORKSPACE/prepared``). Without ``--folds`` the model goes to
+now (nothing is written to ``WORKSPACE/prepared``). It trains the profile's recipe
+(:func:`reindir_nb.meta.recipe`), the same as notebook 03: in smoke and demo REINDIR starts from
+the trained Reptile template (``--start``, default ``WORKSPACE/checkpoints/reptile.pt``, or with
+``--folds`` the folder's ``reptile_fold{i}.pt``: train reptile first), ``--from-scratch`` trains
+REINDIR's templates too (the paper's recipe). Without ``--folds`` the model goes to
 ``--output`` (default ``WORKSPACE/checkpoints/{kind}.pt``), its resumable checkpoint next to it
 (``.ckpt``) and the per-step log as ``{kind}_log.csv``; with ``--folds K`` one model per fold goes
 into the ``--output`` folder (default ``WORKSPACE/checkpoints/folds``, as notebook 03). Rank 0
@@ -47,10 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=None, metavar="K", help="k-fold cross-validation (K >= 2)")
     p.add_argument("--fold", type=int, action="append", default=None, metavar="I",
                    help="with --folds: train only fold I (repeatable; e.g. one fold per SLURM array task)")
-    p.add_argument("--warm-start", action="store_true",
-                   help="with --folds and reindir: start fold i from OUTPUT/reptile_fold{i}.pt")
     p.add_argument("--start", type=Path, default=None,
-                   help="reindir: start the templates from this Reptile template file")
+                   help="reindir: the Reptile template file the templates start from (default: "
+                        "WORKSPACE/checkpoints/reptile.pt when the profile's recipe starts from one)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="reindir: train the templates too, from a fresh initialisation (the paper's recipe; "
+                        "smoke and demo start from a trained Reptile template)")
+    p.add_argument("--print-recipe", action="store_true",
+                   help="print the recipe (settings, architecture, start policy) as JSON and exit")
     p.add_argument("--held-out-per-set", type=int, default=0, metavar="N",
                    help="without --folds: keep the last N pairs of every set out of training and log their "
                         "zero-shot TRE at every checkpoint")
@@ -89,21 +97,23 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"argument --held-out-per-set: must be >= 0, got {args.held_out_per_set}")
     if args.folds and args.held_out_per_set:
         parser.error("argument --held-out-per-set: not with --folds (every fold holds out its own pairs)")
-    if args.kind == "reptile" and (args.start or args.warm_start or args.encoder_update):
-        parser.error("arguments --start, --warm-start, --encoder-update: only for reindir")
+    if args.kind == "reptile" and (args.start or args.from_scratch or args.encoder_update):
+        parser.error("arguments --start, --from-scratch, --encoder-update: only for reindir")
+    if args.from_scratch and args.start:
+        parser.error("argument --from-scratch: not with --start (a start template is a warm start)")
     if args.fold is not None and not args.folds:
         parser.error("argument --fold: only with --folds K")
     if args.fold is not None and any(not 0 <= i < args.folds for i in args.fold):
         parser.error(f"argument --fold: fold indices must be in 0..{args.folds - 1}, got {args.fold}")
-    if args.warm_start and not args.folds:
-        parser.error("argument --warm-start: only with --folds (single runs take --start FILE)")
+    if args.start is not None and args.folds:
+        parser.error("argument --start: not with --folds (fold i starts from OUTPUT/reptile_fold{i}.pt)")
     if args.start is not None and not args.start.is_file():
         parser.error(f"argument --start: {args.start}: no such file")
     if args.output is not None and not args.folds and args.output.suffix != ".pt":
         parser.error(f"argument --output: {args.output}: a model file name ending in .pt (a folder only with --folds)")
     if args.output is not None and args.folds and args.output.exists() and not args.output.is_dir():
         parser.error(f"argument --output: {args.output}: exists and is not a folder (--folds writes one model per fold)")
-    if args.phantom is None and not args.workspace.is_dir():
+    if args.phantom is None and not args.print_recipe and not args.workspace.is_dir():
         parser.error(f"argument --workspace: {args.workspace}: no such folder (or pass --phantom N to generate pairs)")
 
 
@@ -151,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
+    if args.print_recipe:
+        import json
+
+        print(json.dumps(_recipe(args).fingerprint(), indent=1))
+        return 0
 
     import torch
 
@@ -176,34 +191,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         mdist.shutdown()
 
 
+def _recipe(args: argparse.Namespace):
+    """The profile's recipe of ``args.kind`` with the command line's changes."""
+    from .meta.recipes import recipe
+
+    changes = {k: getattr(args, k) for k in ("outer_steps", "inner_steps", "inner_points", "tasks_per_set", "eps",
+                                             "encoder_update") if getattr(args, k, None) is not None}
+    if args.kind == "reindir" and args.from_scratch:
+        changes["warm_start"] = False
+    return recipe(args.kind, args.profile, **changes)
+
+
+def _start(parser, args, recipe, checkpoints: Path) -> Path | None:
+    """The Reptile template a warm-started REINDIR recipe starts from (single runs)."""
+    if not recipe.warm_start or args.folds:
+        return None
+    start = args.start or checkpoints / "reptile.pt"
+    if not start.is_file():
+        parser.error(f"the {args.profile} REINDIR recipe starts from a trained Reptile template and {start} does not "
+                     "exist: train it first (python -m reindir_nb.train reptile ...), pass --start FILE, or "
+                     "--from-scratch")
+    return start
+
+
 def _run(parser, args, comm, distributed: bool, say, training) -> int:
     pairs = _load_pairs(parser, args)
-    settings = {k: getattr(args, k) for k in ("outer_steps", "inner_steps", "inner_points", "tasks_per_set", "eps")
-                if getattr(args, k) is not None}
-    if args.kind == "reindir":
-        update = args.encoder_update or ("averaged" if comm.world > 1 else None)
-        if update is not None:
-            settings["encoder_update"] = update
-    common = dict(profile=args.profile, device=args.device, resume=args.resume, progress=args.progress,
-                  checkpoint_every=args.checkpoint_every, distributed=distributed, **settings)
+    if args.kind == "reindir" and args.encoder_update is None and comm.world > 1:
+        args.encoder_update = "averaged"
+    recipe = _recipe(args)
+    common = dict(device=args.device, resume=args.resume, progress=args.progress,
+                  checkpoint_every=args.checkpoint_every, distributed=distributed)
     checkpoints = args.workspace / "checkpoints"
     sets = sorted({p.dataset for p in pairs})
     say(f"{args.kind} ({args.profile}): {len(pairs)} pairs in sets {sets}; {comm.world} rank(s) on {comm.device}"
-        + (f", encoder_update={settings['encoder_update']}" if "encoder_update" in settings else ""))
+        + ("" if recipe.kind == "reptile" else f", encoder_update={recipe.settings.encoder_update}"))
     if args.folds:
         folder = args.output or checkpoints / "folds"
-        paths = training.train_folds(pairs, folder, kind=args.kind, k=args.folds, seed=args.seed,
-                                     warm_start=args.warm_start, only=args.fold, **common)
+        paths = training.train_folds(pairs, folder, kind=args.kind, k=args.folds, seed=args.seed, recipe=recipe,
+                                     only=args.fold, **common)
         say("\n".join(f"fold {i}: {p}" for i, p in paths.items()))
         return 0
     cohorts, heldout = _split_heldout(pairs, args.held_out_per_set)
     output = args.output or checkpoints / f"{args.kind}.pt"
     files = dict(checkpoint=output.with_suffix(".ckpt"), log_path=output.with_name(f"{output.stem}_log.csv"),
                  heldout=heldout or None, heldout_every=args.checkpoint_every)
-    if args.kind == "reindir":
-        model = training.train_reindir(cohorts, seed=args.seed, start=args.start, **files, **common)
-    else:
-        model = training.train_reptile(cohorts, seed=args.seed, **files, **common)
+    train = training.train_reindir if args.kind == "reindir" else training.train_reptile
+    model = train(cohorts, recipe, seed=args.seed, start=_start(parser, args, recipe, checkpoints), **files, **common)
     if comm.is_main:
         model.save(output)
     comm.barrier()

@@ -26,14 +26,15 @@ import torch.multiprocessing as mp
 import reindir_nb as rn
 from reindir_nb.meta import distributed as mdist
 from reindir_nb.meta import training as meta
+from reindir_nb.meta.trainer import Trainer
 from reindir_nb.train import main as train_main
 
 WORLD = 3
 TINY = dict(outer_steps=3, inner_steps=2, inner_points=256, progress=False)
 JOBS = {  # name -> (kind, sets, settings); every one runs on 3 ranks and serially
     "reptile6": ("reptile", 3, dict(seed=1, tasks_per_set=2)),              # 6 tasks: 2 per rank
-    "reindir2": ("reindir", 2, dict(seed=2, encoder_update="averaged")),    # 2 tasks: one rank idle
-    "reindir3": ("reindir", 3, dict(seed=3, encoder_update="averaged", encoder_loss_at="adapted")),
+    "reindir2": ("reindir", 2, dict(seed=2, encoder_update="averaged", warm_start=False)),  # 2 tasks: one rank idle
+    "reindir3": ("reindir", 3, dict(seed=3, encoder_update="averaged", encoder_loss_at="adapted", warm_start=False)),
 }
 
 
@@ -78,16 +79,16 @@ def _worker(rank, world, port, folder, cohorts):
     # resume the serial checkpoint the test wrote at step 1 (same path on every rank)
     _train("reptile6", cohorts, distributed=True, checkpoint=folder / "serial.ckpt").save(folder / f"resumed_rank{rank}.pt")
     # a non-finite loss on rank 1 only (injected) stops every rank after the same step
-    task = meta._Trainer._task
+    task = Trainer._task
 
     def failing(self, pair):
         if self.comm.rank == 1 and self.step == 1:
             raise meta.Diverged("injected non-finite loss")
         return task(self, pair)
 
-    meta._Trainer._task = failing
+    Trainer._task = failing
     _train("reptile6", cohorts, distributed=True).save(folder / f"diverged_rank{rank}.pt")
-    meta._Trainer._task = task
+    Trainer._task = task
     # the command line with the variables torchrun sets (last: it tears the process group down)
     assert train_main(["reindir", "--workspace", str(folder / "cli"), *CLI_RUN, "--outer-steps", "3"]) == 0
     mdist.shutdown()
@@ -232,14 +233,13 @@ def test_divergence_on_one_rank_stops_every_rank(ranks, cohorts):
 def test_sequential_and_averaged_agree_with_one_task_and_refuse_ranks(cohorts, monkeypatch):
     """One task per step: an Adam step per task == one per step on the mean (a single task)."""
     one = {"nlst": cohorts["nlst"]}
-    a = meta.train_reindir(one, "smoke", **{**TINY, "encoder_update": "sequential"})
-    b = meta.train_reindir(one, "smoke", **{**TINY, "encoder_update": "averaged"})
+    a = meta.train_reindir(one, "smoke", **{**TINY, "encoder_update": "sequential", "warm_start": False})
+    b = meta.train_reindir(one, "smoke", **{**TINY, "encoder_update": "averaged", "warm_start": False})
     for k, v in _tensors(a).items():
         torch.testing.assert_close(_tensors(b)[k], v, rtol=1e-6, atol=1e-9)
-    settings = meta.TrainSettings.for_profile("smoke")
     comm = mdist.Comm(0, 2, torch.device("cpu"), True)
     with pytest.raises(ValueError, match="encoder_update='averaged'"):
-        meta._Trainer("reindir", one, settings, rn.get_profile("smoke"), 0, comm.device, meta.Architecture(2, 65), comm=comm)
+        Trainer(rn.meta.recipe("reindir", "smoke", warm_start=False), one, 0, comm.device, comm=comm)
     with pytest.raises(ValueError, match="tasks_per_set"):
         meta.TrainSettings.for_profile("smoke", tasks_per_set=0)
     for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -250,8 +250,7 @@ def test_sequential_and_averaged_agree_with_one_task_and_refuse_ranks(cohorts, m
 
 def test_tasks_are_seeded_by_seed_step_and_index_only(cohorts):
     """A task's draws (pair, scale, points) depend on (seed, step, task index), not on what ran before."""
-    settings = meta.TrainSettings.for_profile("smoke", tasks_per_set=2)
-    t = meta._Trainer("reptile", cohorts, settings, rn.get_profile("smoke"), 5, torch.device("cpu"), meta.Architecture(2, 65))
+    t = Trainer(rn.meta.recipe("reptile", "smoke", tasks_per_set=2), cohorts, 5, torch.device("cpu"))
 
     def draws(step, index):
         t.step = step
@@ -266,8 +265,8 @@ def test_tasks_are_seeded_by_seed_step_and_index_only(cohorts):
 
 
 # ------------------------------------------------------------------------------------------ CLI
-CLI_RUN = ["--profile", "smoke", "--phantom", "1", "--inner-steps", "2", "--inner-points", "256", "--threads", "1",
-           "--checkpoint-every", "1", "--no-progress", "--device", "cpu"]
+CLI_RUN = ["--profile", "smoke", "--phantom", "1", "--from-scratch", "--inner-steps", "2", "--inner-points", "256",
+           "--threads", "1", "--checkpoint-every", "1", "--no-progress", "--device", "cpu"]
 
 
 def _phantoms():
@@ -294,7 +293,7 @@ def test_cli_trains_resumes_and_equals_the_3_rank_cli_run(ranks, tmp_path, capsy
     one, three = meta.load(model), meta.load(ranks / "cli" / "checkpoints" / "reindir.pt")
     assert list(log["step"]) == [0, 1, 2] and one.info["outer_steps"] == 3 and one.info["ranks"] == 1
     assert three.info["ranks"] == 3 and "averaged" in three.info["settings"]["encoder_update"]
-    start = meta.train_reindir(_sets(_phantoms(), 3), "smoke", outer_steps=0, progress=False)
+    start = meta.train_reindir(_sets(_phantoms(), 3), "smoke", outer_steps=0, progress=False, warm_start=False)
     _assert_same(one, three, start, "CLI: 1 process (resumed) vs 3 ranks")
     three_log = pd.read_csv(ranks / "cli" / "checkpoints" / "reindir_log.csv")
     pd.testing.assert_frame_equal(log.drop(columns="seconds"), three_log.drop(columns="seconds"), rtol=1e-6)

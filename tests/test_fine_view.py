@@ -28,7 +28,8 @@ def fine(raw):
 def models(fine):
     cohorts = {"nlst": [fine.coarse]}
     kw = dict(outer_steps=2, inner_steps=2, inner_points=200, progress=False)
-    return meta.train_reptile(cohorts, "smoke", **kw), meta.train_reindir(cohorts, "smoke", **kw)
+    template = meta.train_reptile(cohorts, "smoke", **kw)
+    return template, meta.train_reindir(cohorts, "smoke", start=template, **kw)  # the smoke recipe: warm-started
 
 
 def test_the_fine_view_keeps_world_geometry(raw, fine):

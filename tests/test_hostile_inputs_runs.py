@@ -139,7 +139,7 @@ def test_nan_weights_and_other_embedding_lengths_are_refused(tmp_path, cohorts):
     torch.save(state, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match="nan.pt.*finite"):
         meta.load(tmp_path / "nan.pt")
-    model = meta.train_reindir(cohorts, "smoke", **TINY)
+    model = meta.train_reindir(cohorts, "smoke", start=template, **TINY)
     path = model.save(tmp_path / "reindir.pt")
     assert meta.load(path, embedding_length=model.encoder.embedding_length) is not None
     with pytest.raises(ValueError, match="reindir.pt.*embedding"):

@@ -5,7 +5,7 @@ import torch
 
 from reindir_nb import derivatives, inr, losses
 from reindir_nb.core.device import make_generator
-from reindir_nb.inr.objective import Problem, ccidir_terms
+from reindir_nb.inr.objective import Objective, Problem
 from reindir_nb.core.pair import Pair
 from reindir_nb.core.volume import Volume
 
@@ -64,7 +64,7 @@ def test_objective_terms_and_gradients():
     xf, xb = prob.sample_points(500, g, "fixed"), prob.sample_points(500, g, "moving")
     assert xf.abs().max() <= 1.0
     for reg in ("jacobian", "bending"):
-        terms = ccidir_terms(fwd, bwd, prob, xf, xb, regulariser=reg)
+        terms = Objective(regulariser=reg).terms(fwd, bwd, prob, xf, xb, inr.SirenConfig().omega)
         assert set(terms) >= {"ncc_f", "ncc_b", "reg_f", "reg_b", "cycle_f", "cycle_b", "total"}
         grads = torch.autograd.grad(terms["total"], fwd + bwd)
         assert all(torch.isfinite(gr).all() for gr in grads)
@@ -75,5 +75,5 @@ def test_identity_cycle_is_zero():
     prob = Problem.from_pair(pair)
     zero = inr.init_siren(inr.SirenConfig(output_scale=0.0))
     x = prob.sample_points(100, make_generator(0))
-    terms = ccidir_terms(zero, zero, prob, x, x)
+    terms = Objective().terms(zero, zero, prob, x, x, inr.SirenConfig().omega)
     assert terms["cycle_f"].item() < 1e-10 and terms["reg_f"].item() < 1e-10

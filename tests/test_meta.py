@@ -8,6 +8,7 @@ import torch
 
 import reindir_nb as rn
 from reindir_nb.meta import training as meta
+from reindir_nb.meta.trainer import Trainer, cosine_with_restarts
 from reindir_nb.core.device import make_generator
 from reindir_nb.inr.network import init_siren
 from reindir_nb.inr.objective import Problem
@@ -20,8 +21,10 @@ def cohorts():
 
 
 def _trainer(kind, cohorts, **changes):
-    settings = meta.TrainSettings.for_profile("smoke", **changes)
-    return meta._Trainer(kind, cohorts, settings, rn.get_profile("smoke"), 0, torch.device("cpu"), meta.Architecture(2, 65))
+    """A smoke-profile trainer (REINDIR: the from-scratch recipe, its encoder reading the pair)."""
+    if kind == "reindir":
+        changes.update(warm_start=False, encoder_input="pair")
+    return Trainer(rn.meta.recipe(kind, "smoke", **changes), cohorts, 0, torch.device("cpu"))
 
 
 def test_reptile_update_moves_toward_adapted_by_hand():
@@ -131,7 +134,7 @@ def test_zero_heads_pass_no_gradient_to_the_encoder_on_the_first_step(cohorts, a
 
 
 def test_untrained_reindir_equals_template_in_register(cohorts):
-    model = meta.train_reindir(cohorts, "smoke", outer_steps=0, progress=False)
+    model = meta.train_reindir(cohorts, "smoke", outer_steps=0, progress=False, warm_start=False)
     pair = cohorts["dirlab"][0]
     a = rn.register(pair, init=model, iterations=0, prealign="none", progress=False)
     b = rn.register(pair, init=model.template, iterations=0, prealign="none", progress=False)
@@ -143,8 +146,10 @@ def test_untrained_reindir_equals_template_in_register(cohorts):
 def test_resume_equals_uninterrupted(tmp_path, cohorts, kind):
     train = meta.train_reptile if kind == "reptile" else meta.train_reindir
     kw = dict(outer_steps=3, progress=False, seed=3)
+    if kind == "reindir":
+        kw["warm_start"] = False
     if kind == "reindir-adapted":
-        kind, kw["encoder_loss_at"] = "reindir", "adapted"
+        kind, kw["encoder_loss_at"], kw["warm_start"] = "reindir", "adapted", False
     full = train(cohorts, "smoke", log_path=tmp_path / "full.csv", **kw)
     ck = tmp_path / "ck.pt"
     train(cohorts, "smoke", checkpoint=ck, checkpoint_every=1, stop_after=1, log_path=tmp_path / "r.csv", **kw)
@@ -179,8 +184,8 @@ def test_training_log_and_templates_change(tmp_path, cohorts):
     assert t.info["outer_steps"] == 2 and t.info["sets"] == ["dirlab", "nlst"]
 
 
-def test_eps_annealing_and_schedule():
-    f = meta._cosine_with_restarts(total=20, warmup=4, cycles=4)
+def test_encoder_lr_schedule_and_paper_settings():
+    f = cosine_with_restarts(total=20, warmup=4, cycles=4)
     assert [round(f(i), 3) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(8) == 1.0 and f(6) < f(5) < 1.0  # restarts every 4 steps
     s = meta.TrainSettings.for_profile("paper")
@@ -207,8 +212,8 @@ def test_train_folds_writes_one_model_per_fold(tmp_path, cohorts):
     assert all(folds.groupby("fold")["dataset"].nunique() == 2)  # stratified: both sets in each fold
     methods, fold_of = rn.evaluate.load_models(tmp_path)
     assert set(methods["Reptile"]) == {0, 1} and fold_of == dict(zip(folds["pair"], folds["fold"]))
-    warm = meta.train_folds(pairs, tmp_path, kind="reindir", k=2, profile="smoke", outer_steps=1, progress=False,
-                            warm_start=True, eps=0.0)  # fold i starts from reptile_fold{i}.pt
+    warm = meta.train_folds(pairs, tmp_path, kind="reindir", k=2, profile="smoke", outer_steps=1,
+                            progress=False)  # the smoke recipe's warm start: fold i from reptile_fold{i}.pt
     for i, path in warm.items():
         started, reptile = meta.load(path).template, meta.load(paths[i])
         assert all(torch.equal(a, b) for a, b in zip(started.forward, reptile.forward))
@@ -222,7 +227,7 @@ def test_reindir_warm_start_from_a_reptile_template(tmp_path, cohorts):
     model = meta.train_reindir(cohorts, "smoke", outer_steps=2, progress=False, start=template.save(tmp_path / "t.pt"), eps=0.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.template.forward + model.template.backward))
     assert model.info["start"]["outer_steps"] == 1
-    moved = meta.train_reindir(cohorts, "smoke", outer_steps=1, progress=False, start=template)
+    moved = meta.train_reindir(cohorts, "smoke", outer_steps=1, progress=False, start=template, warm_start=False)
     assert not torch.equal(moved.template.forward[2], template.forward[2])
     assert all(torch.equal(a, b) for a, b in zip(before, template.forward + template.backward))
     with pytest.raises(ValueError, match="Reptile template"):

@@ -1,6 +1,10 @@
-"""The demo REINDIR recipe's levers: direction swapping (``swap_direction``, ``swap_probability``),
-encoder-only training on frozen templates (``inner_steps=0``), several zero-shot encoder steps
-per task (``encoder_steps``) and the encoder's input channels (``encoder_input``)."""
+"""The recipes (one per model and profile) and the demo REINDIR recipe's levers: direction swapping
+(``swap_direction``, ``swap_probability``), encoder-only training on frozen templates
+(``inner_steps=0``), several zero-shot encoder steps per task (``encoder_steps``), the encoder's
+input channels (``encoder_input``) and its input size; the train CLI and notebook 03 train the
+same recipe."""
+
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +13,9 @@ import torch
 import reindir_nb as rn
 from reindir_nb.data.preprocess import swap_direction
 from reindir_nb.meta import training as meta
-from reindir_nb.meta.encoder import matched_moving, DIFFERENCE_GAIN, encoder_channels
+from reindir_nb.meta.encoder import DIFFERENCE_GAIN, encoder_channels
+from reindir_nb.inr.objective import Problem
+from reindir_nb.meta.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +30,12 @@ def template(cohorts):
 
 
 def _trainer(kind, cohorts, start=None, encoder_input="pair", **changes):
-    settings = meta.TrainSettings.for_profile("smoke", **changes)
-    return meta._Trainer(kind, cohorts, settings, rn.get_profile("smoke"), 0, torch.device("cpu"),
-                         meta.Architecture(2, 65, encoder_input), start)
+    """A smoke-profile trainer (REINDIR: the from-scratch recipe, its encoder reading ``encoder_input``)."""
+    if kind == "reindir":
+        recipe = rn.meta.recipe(kind, "smoke", warm_start=False, encoder_input=encoder_input, **changes)
+    else:
+        recipe = rn.meta.recipe(kind, "smoke", **changes)
+    return Trainer(recipe, cohorts, 0, torch.device("cpu"), start)
 
 
 def test_swap_direction_swaps_images_landmarks_and_back(cohorts):
@@ -72,13 +81,13 @@ def test_swapped_registration_is_measured_against_the_swapped_landmarks(cohorts)
 
 def test_swap_probability_swaps_that_share_of_tasks(cohorts, monkeypatch):
     seen = []
-    original = meta.Problem.from_pair
+    original = Problem.from_pair
 
     def spy(pair, **kw):
         seen.append(bool(pair.meta.get("swapped", False)))
         return original(pair, **kw)
 
-    monkeypatch.setattr(meta.Problem, "from_pair", staticmethod(spy))
+    monkeypatch.setattr(Problem, "from_pair", staticmethod(spy))
     for p, expected in ((0.0, 0.0), (1.0, 1.0)):
         seen.clear()
         trainer = _trainer("reptile", cohorts, swap_probability=p)
@@ -161,67 +170,85 @@ def test_difference_input_channels_by_hand():
         encoder_channels(fixed, moving, "difference")
 
 
-def test_matched_difference_undoes_an_intensity_change_inside_a_field_of_view():
-    """moving = 0.6 * fixed + 0.05 inside a cylinder-like field of view, 0 outside: the matched
-    moving equals the fixed image on the overlap, so the difference channel is ~0 everywhere
-    (the raw difference is not), and the moving/difference channels are 0 outside it."""
-    gen = torch.Generator().manual_seed(0)
-    fixed = 0.2 + 0.8 * torch.rand(1, 1, 8, 8, 8, generator=gen)
-    fov = torch.zeros_like(fixed, dtype=torch.bool)
-    fov[..., 2:6, 1:7, 1:7] = True
-    moving = torch.where(fov, 0.6 * fixed + 0.05, torch.zeros_like(fixed))
-    matched, overlap = matched_moving(fixed, moving)
-    assert torch.equal(overlap.bool(), fov)
-    torch.testing.assert_close(matched[fov], fixed[fov], rtol=1e-5, atol=1e-5)
-    x = encoder_channels(fixed, moving, "matched+difference")
-    assert x.shape == (1, 3, 8, 8, 8) and float(x[:, 2].abs().max()) < 1e-4
-    assert float(encoder_channels(fixed, moving, "pair+difference")[:, 2].abs().mean()) > 1.0
-    assert float(x[:, 1][~fov[:, 0]].abs().max()) == 0.0
-    torch.testing.assert_close(x[:, 0], fixed[:, 0] - fixed.mean())
-    # without an overlap worth the name (< 1 % of the patch) the match uses every voxel, finite
-    tiny = torch.zeros_like(fixed)
-    tiny[..., 0, 0, 0] = 0.5
-    assert torch.isfinite(encoder_channels(fixed, tiny, "matched+difference")).all()
-
-
 def test_encoder_input_is_saved_loaded_and_fingerprinted(tmp_path, cohorts, template):
     model = rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=2, inner_steps=0,
                                   encoder_input="pair+difference", checkpoint=tmp_path / "r.ckpt")
-    assert model.encoder.in_channels == 3 and model.info["fingerprint"]["encoder_input"] == "pair+difference"
+    assert model.encoder.in_channels == 3
+    assert model.info["fingerprint"]["architecture.encoder_input"] == "'pair+difference'"
     loaded = rn.meta.load(model.save(tmp_path / "r.pt"))
     assert loaded.encoder_input == "pair+difference"
-    problem = meta.Problem.from_pair(cohorts["nlst"][1])
+    problem = Problem.from_pair(cohorts["nlst"][1])
     for a, b in zip(model.initial_params(problem)[0], loaded.initial_params(problem)[0]):
         torch.testing.assert_close(a, b)
-    shifted = rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=2, inner_steps=0,
-                                    encoder_input="pair+difference", output_shift=True)
-    assert shifted.info["fingerprint"]["output_shift"] == "True" and "output_shift" not in model.info["fingerprint"]
-    back = rn.meta.load(shifted.save(tmp_path / "s.pt"))
-    assert back.heads.output_shift and not loaded.heads.output_shift
-    assert float(back.heads.shift["forwardout"].weight.abs().sum()) > 0  # the shift head learned
-    for a, b in zip(shifted.initial_params(problem)[0], back.initial_params(problem)[0]):
-        torch.testing.assert_close(a, b)
-    lying = {**model.state(), "output_shift": True}  # says it has shift heads, holds none
-    torch.save(lying, tmp_path / "lying.pt")
-    with pytest.raises(ValueError, match="lying.pt.*output_shift True"):
-        rn.meta.load(tmp_path / "lying.pt")
+    retired = {**model.state(), "output_shift": True}  # a file from the retired output-shift experiment
+    torch.save(retired, tmp_path / "retired.pt")
+    with pytest.raises(ValueError, match="retired.pt.*output-shift"):
+        rn.meta.load(tmp_path / "retired.pt")
+    torch.save({**model.state(), "encoder_input": "matched+difference"}, tmp_path / "matched.pt")
+    with pytest.raises(ValueError, match="matched.pt.*encoder input"):
+        rn.meta.load(tmp_path / "matched.pt")
     with pytest.raises(ValueError, match="encoder_input"):  # the checkpoint is not resumed for another input
         rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=3, inner_steps=0,
-                              checkpoint=tmp_path / "r.ckpt")
+                              encoder_input="pair", checkpoint=tmp_path / "r.ckpt")
     with pytest.raises(ValueError, match="encoder_input must be one of"):
         rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=1,
                               encoder_input="difference")
 
 
 def test_profile_recipes():
-    demo, paper = rn.get_profile("demo"), rn.get_profile("paper")
-    assert demo.reindir_settings() == {"encoder_input": "pair+difference", "inner_steps": 0, "encoder_steps": 1,
-                                       "tasks_per_set": 3, "cycles": 1}
-    assert demo.encoder_patch_size == (32, 32, 32)
-    assert demo.reindir_settings(eps=0.2) == {"encoder_input": "pair+difference", "eps": 0.2}
-    assert paper.reindir_settings() == {"encoder_input": "pair"}  # the paper: from scratch, its input
-    assert meta.TrainSettings.for_profile("demo").swap_probability == 0.5
+    demo = rn.meta.recipe("reindir", "demo")
+    assert demo.warm_start and demo.architecture == rn.meta.Architecture(6, 1025, "pair+difference", (32, 32, 32))
+    s = demo.settings
+    assert (s.outer_steps, s.inner_steps, s.encoder_steps, s.tasks_per_set, s.cycles) == (100, 0, 1, 3, 1)
+    assert (s.encoder_loss_at, s.swap_probability, s.encoder_lr, s.warmup_steps) == ("template", 0.5, 1e-4, 15)
+    paper = rn.meta.recipe("reindir", "paper")  # the paper: from scratch, its input, Algorithm 1
+    assert not paper.warm_start and paper.architecture.encoder_input == "pair"
+    assert (paper.settings.outer_steps, paper.settings.inner_steps, paper.settings.encoder_loss_at) == (22750, 10, "adapted")
+    assert rn.meta.recipe("reptile", "demo").settings.swap_probability == 0.5
     assert meta.TrainSettings.for_profile("paper").swap_probability == 0.0
+    scratch = rn.meta.recipe("reindir", "demo", warm_start=False)  # the from-scratch recipe: no encoder-only phase
+    assert (scratch.settings.outer_steps, scratch.settings.inner_steps, scratch.settings.tasks_per_set) == (150, 10, 1)
+    both = rn.meta.profile_recipes("demo", outer_steps=30)  # REINDIR follows Reptile's budget: 2/3 of it
+    assert both["reptile"].settings.outer_steps == 30 and both["reindir"].settings.outer_steps == 20
+    assert rn.meta.profile_recipes("smoke")["reindir"] == rn.meta.recipe("reindir", "smoke")
+    with pytest.raises(ValueError, match="Reptile needs inner_steps"):
+        rn.meta.recipe("reptile", "smoke", inner_steps=0)
+    with pytest.raises(TypeError, match="unknown training settings"):
+        rn.meta.recipe("reindir", "demo", landmark_weight=1.0)  # a retired experiment knob
+    with pytest.raises(TypeError, match="no encoder"):
+        rn.meta.recipe("reptile", "demo", encoder_input="pair")
+
+
+def test_warm_started_recipe_needs_its_start_template(cohorts):
+    with pytest.raises(ValueError, match="starts from a trained Reptile template"):
+        rn.meta.train_reindir(cohorts, "smoke", progress=False, outer_steps=1)
+
+
+def _notebook_recipes(profile: str) -> dict:
+    """The recipes notebook 03 trains: its parameter cell and its "recipe" cell, run as written."""
+    import nbformat
+    from reindir_nb.pipeline import NOTEBOOKS
+
+    nb = nbformat.read(NOTEBOOKS / "03_training.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    parameters = next(c for c in cells if "parameters" in c.metadata.get("tags", []))
+    recipe_cell = next(c for c in cells if "recipe" in c.metadata.get("tags", []))
+    scope: dict = {}
+    exec(parameters.source, scope)
+    scope["PROFILE"] = profile  # what papermill injects
+    exec(recipe_cell.source, scope)
+    return scope["recipe_table"]
+
+
+@pytest.mark.parametrize("profile", ["smoke", "demo"])
+def test_train_cli_and_notebook_03_train_the_same_recipe(profile, capsys):
+    from reindir_nb.train import main
+
+    notebook = _notebook_recipes(profile)
+    for kind in ("reptile", "reindir"):
+        assert main([kind, "--profile", profile, "--print-recipe"]) == 0
+        assert json.loads(capsys.readouterr().out) == notebook[kind], kind
+        assert notebook[kind] == rn.meta.recipe(kind, profile).fingerprint()
 
 
 def test_lr_warmup_scales_the_first_steps(cohorts, monkeypatch):
@@ -244,78 +271,6 @@ def test_lr_warmup_scales_the_first_steps(cohorts, monkeypatch):
         rn.register(pair, iterations=1, lr_warmup=-1, progress=False)
 
 
-def test_landmark_error_at_the_identity_is_the_initial_distance(cohorts):
-    from reindir_nb.inr.network import SirenConfig, init_siren
-    from reindir_nb.inr.objective import Problem, landmark_error_mm
-
-    pair = cohorts["nlst"][1]
-    problem = Problem.from_pair(pair)
-    zero = init_siren(SirenConfig(output_scale=0.0), rn.device.make_generator(0))  # v(x) = 0: the identity
-    assert float(landmark_error_mm(zero, zero, problem, 30.0)) == pytest.approx(pair.initial_distances().mean(), rel=1e-4)
-    # a constant output c (INR units) moves every point by A c mm (A: the side's INR -> mm matrix):
-    # chosen as +3 mm along x in the fixed frame; the backward net moves moving points by A_m A_f^-1 (3, 0, 0)
-    a_f, a_m = (np.asarray(m[:3, :3], dtype=np.float64) for m in (problem.fixed_to_mm, problem.moving_to_mm))
-    c = np.linalg.solve(a_f, [3.0, 0.0, 0.0])
-    shift = [p.clone() for p in zero]
-    shift[-1] = shift[-1] + torch.as_tensor(c, dtype=shift[-1].dtype)
-    d = pair.moving_landmarks - pair.fixed_landmarks
-    forward = np.linalg.norm(d - [3.0, 0.0, 0.0], axis=1).mean()
-    backward = np.linalg.norm(-d - a_m @ c, axis=1).mean()
-    assert float(landmark_error_mm(shift, shift, problem, 30.0)) == pytest.approx((forward + backward) / 2, rel=1e-3)
-    with pytest.raises(ValueError, match="no landmarks"):
-        landmark_error_mm(zero, zero, Problem.from_pair(pair.replace(fixed_landmarks=None, moving_landmarks=None)), 30.0)
-
-
-def test_landmark_supervision_lowers_the_zero_shot_landmark_error(cohorts, template):
-    """The encoder alone, 8 outer steps: with a strong landmark term the infused templates' mean
-    landmark error on the training pairs falls further than without it (same seeds, same draws)."""
-    from reindir_nb.inr.objective import Problem, landmark_error_mm
-
-    def trained_error(weight):
-        trainer = _trainer("reindir", cohorts, start=template, inner_steps=0, encoder_steps=3, outer_steps=8,
-                           warmup_steps=1, encoder_lr=1e-3, scale_augment=False, landmark_weight=weight)
-        for _ in range(8):
-            trainer.outer_step()
-        errs = []
-        with torch.no_grad():
-            for p in [p for ps in cohorts.values() for p in ps]:
-                problem = Problem.from_pair(p)
-                infused = trainer.model.infused(trainer.model.embed(problem), *trainer._templates_here())
-                errs.append(float(landmark_error_mm(*infused, problem, 30.0)))
-        return np.mean(errs)
-
-    without, supervised = trained_error(0.0), trained_error(1.0)
-    assert supervised < without, (supervised, without)
-
-
-def test_landmark_supervision_settings_are_checked(cohorts, template):
-    with pytest.raises(ValueError, match="landmark_weight"):
-        meta.TrainSettings.for_profile("smoke", landmark_weight=-1.0)
-    with pytest.raises(ValueError, match="encoder_steps >= 2"):
-        meta.TrainSettings.for_profile("smoke", landmark_weight=1.0)  # inner steps, one (inner-step) update
-    with pytest.raises(ValueError, match="Reptile trains without landmarks"):
-        _trainer("reptile", cohorts, landmark_weight=1.0, encoder_steps=2)
-    bare = {"nlst": [cohorts["nlst"][0].replace(fixed_landmarks=None, moving_landmarks=None)]}
-    with pytest.raises(ValueError, match="without landmarks"):
-        _trainer("reindir", bare, start=template, inner_steps=0, encoder_steps=2, landmark_weight=1.0)
-
-
-def test_heads_lr_moves_the_heads_at_their_own_rate(cohorts, template):
-    trainer = _trainer("reindir", cohorts, start=template, inner_steps=0, encoder_steps=1, heads_lr=1e-2)
-    encoder_group, heads_group = trainer.optimiser.param_groups
-    assert {id(p) for p in heads_group["params"]} == {id(p) for p in trainer.model.heads.parameters()}
-    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in trainer.model.encoder.parameters()}
-    factor = trainer.scheduler.get_last_lr()[1] / 1e-2  # the shared warm-up/cosine factor of the first step
-    before = [p.detach().clone() for p in trainer.model.heads.parameters()]
-    trainer.zero_shot_step(trainer._problem(cohorts["dirlab"][0]))
-    moved = max(float((p.detach() - b).abs().max()) for p, b in zip(trainer.model.heads.parameters(), before))
-    assert moved == pytest.approx(1e-2 * factor, rel=1e-3)  # Adam's first step: lr per parameter
-    default = _trainer("reindir", cohorts, start=template, inner_steps=0)
-    assert len(default.optimiser.param_groups) == 1  # None: one group at encoder_lr (older checkpoints load)
-    with pytest.raises(ValueError, match="heads_lr"):
-        meta.TrainSettings.for_profile("smoke", heads_lr=0.0)
-
-
 def test_encoder_patch_size_resamples_the_input_and_is_saved_and_fingerprinted(tmp_path, cohorts, template):
     """A smaller encoder input (16^3 of the smoke profile's 32^3 patches): the encoder is built for
     it, the model loads with it and gives the same start, a resume with another size is refused,
@@ -323,14 +278,14 @@ def test_encoder_patch_size_resamples_the_input_and_is_saved_and_fingerprinted(t
     model = rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=2, inner_steps=0,
                                   encoder_patch_size=(16, 16, 16), checkpoint=tmp_path / "r.ckpt")
     assert model.encoder.patch_size == (16, 16, 16)
-    assert model.info["fingerprint"]["encoder_patch_size"] == "16x16x16"
-    problem = meta.Problem.from_pair(cohorts["dirlab"][1])
+    assert model.info["fingerprint"]["architecture.patch_size"] == "(16, 16, 16)"
+    problem = Problem.from_pair(cohorts["dirlab"][1])
     assert tuple(model.patches(problem).shape[2:]) == (16, 16, 16)
     loaded = rn.meta.load(model.save(tmp_path / "r.pt"))
     assert loaded.encoder.patch_size == (16, 16, 16)
     for a, b in zip(model.initial_params(problem)[1], loaded.initial_params(problem)[1]):
         torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="encoder_patch_size"):  # not resumed for another input size
+    with pytest.raises(ValueError, match="patch_size"):  # not resumed for another input size
         rn.meta.train_reindir(cohorts, "smoke", progress=False, start=template, outer_steps=3, inner_steps=0,
                               checkpoint=tmp_path / "r.ckpt")
     with pytest.raises(ValueError, match="encoder_patch_size must be 3"):

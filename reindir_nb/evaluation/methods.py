@@ -13,7 +13,6 @@ callable ``run(pair, seed) -> Registration`` with the settings that determine it
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,11 +23,10 @@ import numpy as np
 
 from ..core.pair import Pair
 from ..core.metrics import deformation_statistics
-from ..core.profiles import get_profile
 from ..core.volume import Volume
 from ..data.prealign import resolve_prealign
 from ..inr import registration as _registration
-from ..inr.registration import RANDOM_INITS, Initialiser, RegistrationRun
+from ..inr.registration import RANDOM_INITS, Initialiser, RegisterSettings, RegistrationRun, run_configuration
 from .elastix import ElastixConfig, ElastixTransform, elastix_transform
 from ..core.fingerprint import canonical, model_identity
 from .protocol import CONVERGED, Registration, Timings
@@ -37,15 +35,7 @@ from .voxelmorph import VoxelMorph, VoxelMorphResult
 __all__ = ["InrRegistration", "VoxelMorphRegistration", "ElastixRegistration", "SweepConfig", "Method",
            "resolve_method"]
 
-# register()'s own defaults, read once (settings not given to the sweep are fingerprinted with these)
-_REGISTER_DEFAULTS: dict[str, Any] = {
-    name: p.default for name, p in inspect.signature(_registration.register).parameters.items()
-    if p.default is not inspect.Parameter.empty
-}
-# register() arguments that do not change the numbers, or that the sweep sets per cell
-_NOT_RESULT_SETTINGS = {"pair", "init", "iterations", "seed", "progress", "device", "record_every",
-                        "snapshot_limit", "record_tre", "profile"}
-_DEFAULT_SNAPSHOTS = 40
+_DEFAULT_SNAPSHOTS = RegisterSettings().snapshot_limit
 
 
 def _check_iteration(iteration: int | None, recorded: list[int], what: str) -> int:
@@ -196,13 +186,14 @@ def _record_every(iterations: tuple[int, ...]) -> int:
 
 
 def _inr_settings(init: Any, pair: Pair, config: SweepConfig, identities: dict[int, Any]) -> dict[str, Any]:
-    given = {"prealign": config.prealign, **_regulariser_kwarg(config), **config.register_kwargs}
-    settings = {k: v for k, v in {**_REGISTER_DEFAULTS, **given}.items() if k not in _NOT_RESULT_SETTINGS}
-    if settings.get("points_per_step") is None:  # register's default: the pair's (or given) profile
-        profile = config.register_kwargs.get("profile") or pair.preparation.profile or "demo"
-        settings["points_per_step"] = get_profile(profile).points_per_step
+    """What determines an INR cell's numbers: the init, the recorded iterations, the pre-alignment
+    request, the objective and the result-determining :class:`RegisterSettings` fields."""
+    given = {**_regulariser_kwarg(config), **config.register_kwargs}
+    given.pop("device", None)
+    objective, settings = run_configuration(**given)
     init_id = init if isinstance(init, str) else _identity(init, identities)
-    return {"kind": "inr", "init": init_id, "iterations": list(config.iterations), **canonical(settings)}
+    return {"kind": "inr", "init": init_id, "iterations": list(config.iterations),
+            **canonical({"prealign": config.prealign, "objective": objective, **settings.fingerprint(pair)})}
 
 
 def _identity(model: Any, identities: dict[int, Any]) -> Any:
@@ -224,7 +215,7 @@ def _inr_method(label: str, init: Any, pair: Pair, config: SweepConfig, identiti
     if config.device is not None:
         kwargs["device"] = config.device
     records = total // every + 1
-    if records > _DEFAULT_SNAPSHOTS and "snapshot_limit" in _REGISTER_DEFAULTS:
+    if records > _DEFAULT_SNAPSHOTS:
         kwargs.setdefault("snapshot_limit", records)  # keep every recorded iteration evaluable
 
     def run(p: Pair, seed: int) -> Registration:

@@ -129,15 +129,15 @@ class Workspace:
         if methods or not train_if_missing:
             return methods, folds
         from ..meta import training
+        from ..meta.recipes import profile_recipes
 
         self._note(f"no checkpoints in {self.checkpoints}: notebook 03 has not run here; training "
-                   f"{self.profile.name}-profile Reptile and REINDIR models now")
+                   f"{self.profile.name}-profile Reptile and REINDIR models now (the profile's recipes)")
         pairs = self.training_pairs()
-        reptile = training.train_reptile(pairs, profile=self.profile, progress=False)
-        warm = self.profile.reindir_warm_start
-        reindir = training.train_reindir(pairs, profile=self.profile, progress=False,
-                                         outer_steps=self.profile.reindir_steps(), start=reptile if warm else None,
-                                         **self.profile.reindir_settings())
+        recipes = profile_recipes(self.profile)
+        reptile = training.train_reptile(pairs, recipes["reptile"], progress=False)
+        reindir = training.train_reindir(pairs, recipes["reindir"], progress=False,
+                                         start=reptile if recipes["reindir"].warm_start else None)
         reptile.save(self.checkpoints / "reptile.pt")
         reindir.save(self.checkpoints / "reindir.pt")
         return {"Reptile": reptile, "REINDIR": reindir}, None

@@ -29,11 +29,11 @@ from ..core.geometry import Grid, compose_affine, invert_affine
 from ..core.geometry import apply_affine as apply_affine_np
 from ..core.pair import Pair
 from . import derivatives, losses
-from .network import Params, SirenConfig
+from .network import Params
 
 __all__ = ["LossWeights", "Objective", "Similarity", "Regulariser", "SIMILARITIES", "REGULARISERS",
-           "register_similarity", "register_regulariser", "Problem", "ccidir_terms", "objective_terms",
-           "sample_image", "apply_matrix", "landmark_error_mm"]
+           "register_similarity", "register_regulariser", "Problem", "objective_terms",
+           "sample_image", "apply_matrix"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,6 @@ class Problem:
     moving_inr_to_image: Tensor | None = None
     encoder_fixed: Tensor | None = None         # (1, 1, d, h, w) the encoder's patch (None: ``fixed``)
     encoder_moving: Tensor | None = None
-    landmarks: tuple[Tensor, Tensor] | None = None  # (fixed, moving) landmark INR coords (N, 3); None: none
 
     @classmethod
     def from_pair(
@@ -143,9 +142,6 @@ class Problem:
             moving_inr_to_image=t(compose_affine(mg.world_to_normalized_matrix(), moving_frame)) if fine else None,
             encoder_fixed=img(view.fixed) if fine else None,
             encoder_moving=img(view.moving) if fine else None,
-            landmarks=None if pair.fixed_landmarks is None or pair.moving_landmarks is None else
-            (t(apply_affine_np(invert_affine(fixed_frame), pair.fixed_landmarks)),
-             t(apply_affine_np(invert_affine(moving_frame), pair.moving_landmarks))),
         )
 
     @property
@@ -279,14 +275,12 @@ register_regulariser(Regulariser("none", 0, lambda _, to_mm: torch.zeros((), dty
 class Objective:
     """The ccIDIR objective: ``similarity`` and ``regulariser`` (registry names), their
     ``weights``, and how derivatives are computed (``derivative_method``: see
-    :mod:`reindir_nb.inr.derivatives`; ``derivative_bf16``: bfloat16 derivative matmuls, opt-in,
-    "forward" only). Shared by ``register``, meta-training and sweeps."""
+    :mod:`reindir_nb.inr.derivatives`). Shared by ``register``, meta-training and sweeps."""
 
     similarity: str = "ncc"
     regulariser: str = "jacobian"
     weights: LossWeights = field(default_factory=LossWeights)
     derivative_method: str = "forward"
-    derivative_bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -322,7 +316,7 @@ def objective_terms(objective: Objective, forward: Params, backward: Params, pro
     regulariser), ``cycle_f``, ``cycle_b`` (mm^2)."""
     sim = SIMILARITIES[objective.similarity]
     reg = REGULARISERS[objective.regulariser]
-    method, bf16 = objective.derivative_method, objective.derivative_bf16
+    method = objective.derivative_method
     terms: dict[str, Tensor] = {}
     sides = (
         ("f", forward, backward, points_fixed, problem.f2m, problem.m2f, problem.fixed, problem.moving,
@@ -334,9 +328,9 @@ def objective_terms(objective: Objective, forward: Params, backward: Params, pro
         if reg.order == 0:
             v, derivative = derivatives.displacement(net, x, omega, method=method), None
         elif reg.order == 1:
-            v, derivative = derivatives.jacobian(net, x, omega, method=method, bf16=bf16)
+            v, derivative = derivatives.jacobian(net, x, omega, method=method)
         else:
-            v, _, derivative = derivatives.hessian(net, x, omega, method=method, bf16=bf16)
+            v, _, derivative = derivatives.hessian(net, x, omega, method=method)
         terms[f"reg_{tag}"] = reg.penalty(derivative, to_mm[:3, :3])
         y = apply_matrix(to_other, x + v)
         # a local similarity uses the same INR offsets (from this side's voxel size) in both frames
@@ -352,40 +346,3 @@ def objective_terms(objective: Objective, forward: Params, backward: Params, pro
         + w.cycle * (terms["cycle_f"] + terms["cycle_b"])
     )
     return terms
-
-
-def ccidir_terms(
-    forward: Params,
-    backward: Params,
-    problem: Problem,
-    points_fixed: Tensor,
-    points_moving: Tensor,
-    regulariser: str = "jacobian",
-    weights: LossWeights = LossWeights(),
-    omega: float | None = None,
-    similarity: str = "ncc",
-    derivative_method: str = "forward",
-    derivative_bf16: bool = False,
-) -> dict[str, Tensor]:
-    """The short form of :func:`objective_terms` with the objective's fields as arguments
-    (``omega`` default: the :class:`~reindir_nb.inr.network.SirenConfig` default)."""
-    if omega is None:
-        omega = SirenConfig().omega
-    objective = Objective(similarity=similarity, regulariser=regulariser, weights=weights,
-                          derivative_method=derivative_method, derivative_bf16=derivative_bf16)
-    return objective_terms(objective, forward, backward, problem, points_fixed, points_moving, omega)
-
-
-def landmark_error_mm(forward: Params, backward: Params, problem: Problem, omega: float) -> Tensor:
-    """Mean landmark distance (mm) of the two maps, differentiable: the fixed landmarks through
-    the forward map against the moving ones, and the moving landmarks through the backward map
-    against the fixed ones, averaged. ValueError when ``problem`` has no landmarks."""
-    if problem.landmarks is None:
-        raise ValueError("landmark_error_mm: this Problem has no landmarks (its pair had none)")
-    lf, lm = problem.landmarks
-    errors = []
-    for net, x, target, to_other, to_mm in ((forward, lf, lm, problem.f2m, problem.moving_to_mm),
-                                            (backward, lm, lf, problem.m2f, problem.fixed_to_mm)):
-        y = apply_matrix(to_other, x + derivatives.displacement(net, x, omega))
-        errors.append(torch.linalg.norm((y - target) @ to_mm[:3, :3].t(), dim=1).mean())
-    return (errors[0] + errors[1]) / 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -33,7 +33,7 @@ from ..core.device import get_device, make_generator
 from ..core.geometry import Grid
 from ..core.metrics import deformation_statistics, target_registration_error
 from .network import Params, SirenConfig, clone_params, init_siren, siren
-from .objective import LossWeights, Objective, Problem, apply_matrix
+from .objective import Objective, Problem, apply_matrix
 from ..core.pair import Pair
 from ..core.points import as_points
 from ..core.profiles import get_profile
@@ -41,14 +41,12 @@ from ..core.volume import Volume
 from ..data.prealign import resolve_prealign
 
 __all__ = [
-    "Initialiser", "RegistrationRun", "register", "RANDOM_INITS",
+    "Initialiser", "RegistrationRun", "RegisterSettings", "register", "run_configuration", "RANDOM_INITS",
 ]
 
 # The seeded starts ``register(init=...)`` draws itself: "random", the Sitzmann initialisation of
 # both SIRENs (the published IDIR/ccIDIR start: its output layer is a random smooth field of a
-# few mm), and "identity", the same hidden layers with a zero output layer (v = 0). Measured with
-# 10000 points on thorax-ct-2 at 2 mm, mean TRE at 50 / 100 / 250 steps: random 0.76 / 0.42 /
-# 0.39 mm, identity 0.38 / 0.25 / 0.25 mm (benchmarks/results/bench_time_to_accuracy_identity.txt).
+# few mm), and "identity", the same hidden layers with a zero output layer (v = 0).
 RANDOM_INITS = ("random", "identity")
 
 FIELD_CHUNK = 32768
@@ -284,18 +282,86 @@ def identity_params(params: Params) -> Params:
     return out
 
 
-def _objective_from(objective: Objective | None, regulariser: str | None, similarity: str | None,
-                    weights: LossWeights | None, derivative_method: str | None) -> Objective:
-    """The run's objective: ``objective`` or one built from the short-form arguments (not both)."""
-    short = {k: v for k, v in dict(regulariser=regulariser, similarity=similarity, weights=weights,
-                                   derivative_method=derivative_method).items() if v is not None}
+@dataclass(frozen=True)
+class RegisterSettings:
+    """How a test-time registration runs (``None``: the profile's value; the profile is ``profile``,
+    else the one the pair was prepared with, else ``demo``).
+
+    ``points_per_step``: points per network per Adam step; ``lr`` the Adam learning rate, raised
+    linearly over the first ``lr_warmup`` steps (step i uses ``lr * (i + 1) / lr_warmup``; Adam's
+    first steps move every weight by about ``lr`` whatever its gradient, which can undo part of a
+    good learned start; 0: ``lr`` from step 0). ``safe_start``: a learned start whose similarity
+    loss is worse than the identity's starts from the identity instead (its hidden layers, a zero
+    output layer). ``siren``: the networks of a seeded start (default ``SirenConfig()``; a learned
+    start brings its own); ``output_scale=0`` starts at exactly zero displacement.
+    ``record_every``: history interval (steps); ``snapshot_limit``: states kept for the iteration
+    scrubber; ``record_tre``: landmark TRE in the history."""
+
+    iterations: int | None = None
+    points_per_step: int | None = None
+    lr: float = 1e-4
+    lr_warmup: int = 5
+    safe_start: bool = True
+    siren: SirenConfig | None = None
+    output_scale: float | None = None
+    record_every: int | None = None
+    snapshot_limit: int = 40
+    record_tre: bool = True
+    profile: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "points_per_step", "record_every"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, require_int(getattr(self, name), name, 0 if name == "iterations" else 1))
+        require_int(self.snapshot_limit, "snapshot_limit", 1)
+        require_float(self.lr, "lr", positive=True)
+        require_int(self.lr_warmup, "lr_warmup", 0)
+        if self.siren is not None and not isinstance(self.siren, SirenConfig):
+            raise TypeError(f"siren must be a SirenConfig, got {type(self.siren).__name__}")
+        if self.output_scale is not None:
+            require_float(self.output_scale, "output_scale", minimum=0.0)
+        if self.profile is not None:
+            get_profile(self.profile)
+
+    def for_pair(self, pair: Pair) -> "RegisterSettings":
+        """A copy with the profile's values filled in for ``pair``."""
+        prof = get_profile(self.profile or pair.preparation.profile or "demo")
+        return replace(self, profile=prof.name,
+                       iterations=prof.iterations if self.iterations is None else self.iterations,
+                       points_per_step=prof.points_per_step if self.points_per_step is None else self.points_per_step,
+                       record_every=prof.record_every if self.record_every is None else self.record_every)
+
+    def fingerprint(self, pair: Pair) -> dict:
+        """The fields that determine a run's numbers for ``pair`` (not its length, recording or profile)."""
+        done = self.for_pair(pair)
+        return {name: getattr(done, name) for name in
+                ("points_per_step", "lr", "lr_warmup", "safe_start", "siren", "output_scale")}
+
+
+_OBJECTIVE_FIELDS = {f.name for f in fields(Objective)}
+_SETTINGS_FIELDS = {f.name for f in fields(RegisterSettings)}
+
+
+def run_configuration(objective: Objective | None = None, settings: RegisterSettings | None = None,
+                      **options) -> tuple[Objective, RegisterSettings]:
+    """The objective and settings of a run from the typed arguments and the short forms
+    (``regulariser=``, ``similarity=``, ``weights=``, ``derivative_method=`` for the objective;
+    any :class:`RegisterSettings` field such as ``lr=``). Unknown names are a TypeError."""
+    unknown = sorted(set(options) - _OBJECTIVE_FIELDS - _SETTINGS_FIELDS)
+    if unknown:
+        raise TypeError(f"register: unknown arguments {unknown}; settings: {sorted(_SETTINGS_FIELDS)}, "
+                        f"objective: {sorted(_OBJECTIVE_FIELDS)}")
+    short = {k: v for k, v in options.items() if k in _OBJECTIVE_FIELDS and v is not None}
     if objective is None:
-        return Objective(**short)
-    if not isinstance(objective, Objective):
+        objective = Objective(**short)
+    elif not isinstance(objective, Objective):
         raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
-    if short:
+    elif short:
         raise ValueError(f"give either objective= or its fields ({', '.join(short)}), not both")
-    return objective
+    if settings is not None and not isinstance(settings, RegisterSettings):
+        raise TypeError(f"settings must be a RegisterSettings, got {type(settings).__name__}")
+    changes = {k: v for k, v in options.items() if k in _SETTINGS_FIELDS}
+    return objective, replace(settings or RegisterSettings(), **changes)
 
 
 def register(
@@ -303,54 +369,32 @@ def register(
     init: "str | Initialiser" = "random",
     iterations: int | None = None,
     seed: int = 0,
-    regulariser: str | None = None,
-    points_per_step: int | None = None,
-    lr: float = 1e-4,
-    device: str | torch.device | None = None,
-    record_every: int | None = None,
     prealign: "str | np.ndarray" = "auto",
-    similarity: str | None = None,
-    siren: SirenConfig | None = None,
-    output_scale: float | None = None,
-    weights: LossWeights | None = None,
-    profile: str | None = None,
-    progress: bool = True,
-    snapshot_limit: int = 40,
-    derivative_method: str | None = None,
-    record_tre: bool = True,
     objective: Objective | None = None,
-    safe_start: bool = True,
-    lr_warmup: int = 5,
+    settings: RegisterSettings | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **options,
 ) -> RegistrationRun:
-    """ccIDIR test-time optimisation of one pair: Adam (``lr``) on the forward and backward
-    SIRENs, ``points_per_step`` points per network per step drawn with a generator seeded from
-    ``seed`` (same seed, same device -> identical history). Defaults for ``iterations``,
-    ``points_per_step`` and ``record_every`` come from ``profile`` (default: the profile the pair
-    was prepared with, else ``demo``).
+    """ccIDIR test-time optimisation of one pair: Adam on the forward and backward SIRENs, points
+    drawn with a generator seeded from ``seed`` (same seed, same device -> identical history).
 
-    ``objective``: the :class:`~reindir_nb.inr.objective.Objective` (similarity, regulariser,
-    weights, derivative method); the short form ``regulariser=``, ``similarity=``, ``weights=``,
-    ``derivative_method=`` builds one (defaults: NCC, symmetric Jacobian, paper weights).
-    ``init``: "random" (Sitzmann initialisation from ``seed`` of ``siren``, default
-    ``SirenConfig()``; ``output_scale=0`` starts at exactly zero displacement), "identity" (the
-    same with ``output_scale=0``: random hidden layers, v = 0; :data:`RANDOM_INITS`) or an
+    ``init``: "random" (Sitzmann initialisation from ``seed``), "identity" (the same hidden layers
+    with a zero output layer: the map starts at exactly the identity; :data:`RANDOM_INITS`) or an
     :class:`Initialiser` (a Reptile template or REINDIR model; its ``siren_config`` is used; its
-    tensors are cloned, never modified). With ``safe_start`` a learned start whose similarity
-    loss is worse than the identity's starts from the identity instead (its hidden layers, a
-    zero output layer); ``run.settings["start"]`` and the history's ``start`` column say which.
-    ``lr_warmup``: the learning rate rises linearly over the first ``lr_warmup`` steps (step i uses
-    ``lr * (i + 1) / lr_warmup``): Adam's first steps move every weight by about ``lr`` whatever
-    its gradient, which can undo part of a good learned start; 0 uses ``lr`` from step 0. Measured
-    on the 6 held-out demo phantoms, mean TRE at 10 / 25 steps without -> with 5 warm-up steps:
-    REINDIR 2.07 -> 1.71 / 1.23 -> 1.12 mm, Reptile 1.98 -> 1.67 / 1.26 -> 1.17, random init
-    3.69 -> 3.59 / 2.07 -> 2.06 (benchmarks/results/meta_demo/recipe_demo.txt).
-    ``prealign``: see :func:`reindir_nb.data.prealign.resolve_prealign`.
+    tensors are cloned, never modified). ``iterations``: Adam steps (default: the profile's).
+    ``prealign``: see :func:`reindir_nb.data.prealign.resolve_prealign`. ``objective``: the
+    :class:`~reindir_nb.inr.objective.Objective` (default: NCC, symmetric Jacobian, paper
+    weights); ``settings``: a :class:`RegisterSettings`. ``options`` are their fields as short
+    forms (``regulariser="bending"``, ``lr=3e-4``, ``points_per_step=10000`` ...).
 
     History rows (every ``record_every`` steps and the last) hold the state after exactly that
     many steps; row 0 is the initialisation (a learned init's zero-shot result), its ``seconds``
-    the encoder time. A non-finite loss stops the run at the last finite state with a warning:
+    the encoder time; ``run.settings["start"]`` and the ``start`` column say which start was used
+    (see ``safe_start``). A non-finite loss stops the run at the last finite state with a warning:
     ``run.diverged`` is True and the history's ``diverged`` column marks the last row.
     """
+    objective, settings = run_configuration(objective, settings, **options)
     if not isinstance(pair, Pair):
         raise TypeError(f"register: pair must be a Pair (rn.load_pair / rn.prepare), got {type(pair).__name__}")
     if isinstance(init, str) and init not in RANDOM_INITS:
@@ -358,19 +402,13 @@ def register(
     if not isinstance(init, (str, Initialiser)):
         raise ValueError(f"init must be 'random', 'identity' or have initial_params(problem) and siren_config, "
                          f"got {type(init).__name__}")
-    objective = _objective_from(objective, regulariser, similarity, weights, derivative_method)
-    prof = get_profile(profile or pair.preparation.profile or "demo")
-    iterations = prof.iterations if iterations is None else require_int(iterations, "iterations", 0)
-    points = prof.points_per_step if points_per_step is None else require_int(points_per_step, "points_per_step", 1)
-    record_every = prof.record_every if record_every is None else require_int(record_every, "record_every", 1)
+    if iterations is not None:
+        settings = replace(settings, iterations=iterations)
+    settings = settings.for_pair(pair)
+    iterations, points, record_every = settings.iterations, settings.points_per_step, settings.record_every
+    lr, lr_warmup, siren, output_scale = settings.lr, settings.lr_warmup, settings.siren, settings.output_scale
+    safe_start, record_tre, snapshot_limit = settings.safe_start, settings.record_tre, settings.snapshot_limit
     seed = require_int(seed, "seed", 0)
-    snapshot_limit = require_int(snapshot_limit, "snapshot_limit", 1)
-    lr = require_float(lr, "lr", positive=True)
-    lr_warmup = require_int(lr_warmup, "lr_warmup", 0)
-    if siren is not None and not isinstance(siren, SirenConfig):
-        raise TypeError(f"siren must be a SirenConfig, got {type(siren).__name__}")
-    if output_scale is not None:
-        output_scale = require_float(output_scale, "output_scale", minimum=0.0)
     dev = get_device(device)
 
     kind, pre = resolve_prealign(pair, prealign)

@@ -15,43 +15,14 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["LargeKernelBlock", "Encoder", "bottleneck_plan", "encoder_output_size", "ENCODER_INPUTS",
-           "DIFFERENCE_GAIN", "OVERLAP_LEVEL", "encoder_channels", "matched_moving"]
+           "DIFFERENCE_GAIN", "encoder_channels"]
 
 # What the encoder reads (channels built by :func:`encoder_channels`):
 #   "pair": the fixed and moving intensities on [0, 1] (the paper);
-#   "pair+difference": both minus the fixed patch's mean, and DIFFERENCE_GAIN * (fixed - moving).
-#     On demo phantoms mean |f - m| is 0.04 against intensities ~0.3: the motion is a small part
-#     of what a randomly initialised encoder sees unless the difference is its own, louder channel.
-#   "matched+difference": as "pair+difference", but the moving intensities are first matched to the
-#     fixed ones (mean and std) where both images hold data (both > OVERLAP_LEVEL), and the moving
-#     and difference channels are zero elsewhere. On demo cbct phantoms (a limited field of view and
-#     an intensity shift/scale) mean |f - m| is 0.17-0.23 against 0.05 on dirlab/nlst: without the
-#     match the difference channel shows the field of view and the intensity change, not the motion.
-#     Measured at demo it left the cbct start where it was (meta_demo/encoder_plateau_tries.txt).
-ENCODER_INPUTS = {"pair": 2, "pair+difference": 3, "matched+difference": 3}
+#   "pair+difference": both minus the fixed patch's mean, and DIFFERENCE_GAIN * (fixed - moving):
+#     the motion is a small part of the intensities, so the difference gets its own, louder channel.
+ENCODER_INPUTS = {"pair": 2, "pair+difference": 3}
 DIFFERENCE_GAIN = 10.0
-OVERLAP_LEVEL = 1e-3  # intensity on [0, 1] above which a voxel holds data (air and outside the field of view: 0)
-
-
-def _masked_moments(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and std of ``image`` over ``mask`` per batch item, ``(B, 1, 1, 1, 1)`` each."""
-    dims = (1, 2, 3, 4)
-    count = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)
-    mean = (image * mask).sum(dim=dims, keepdim=True) / count
-    var = (((image - mean) * mask) ** 2).sum(dim=dims, keepdim=True) / count
-    return mean, var.clamp_min(1e-12).sqrt()
-
-
-def matched_moving(fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor]:
-    """The moving image with its mean and std matched to the fixed image's over their overlap
-    (both > :data:`OVERLAP_LEVEL`), and the overlap mask (float). With an overlap of under 1 %
-    of the patch the match uses every voxel."""
-    overlap = ((fixed > OVERLAP_LEVEL) & (moving > OVERLAP_LEVEL)).to(fixed.dtype)
-    small = overlap.mean(dim=(1, 2, 3, 4), keepdim=True) < 0.01
-    region = torch.where(small, torch.ones_like(overlap), overlap)
-    mean_f, std_f = _masked_moments(fixed, region)
-    mean_m, std_m = _masked_moments(moving, region)
-    return (moving - mean_m) * (std_f / std_m.clamp_min(1e-6)) + mean_f, region
 
 
 def encoder_channels(fixed: Tensor, moving: Tensor, mode: str = "pair") -> Tensor:
@@ -61,10 +32,7 @@ def encoder_channels(fixed: Tensor, moving: Tensor, mode: str = "pair") -> Tenso
     if mode not in ENCODER_INPUTS:
         raise ValueError(f"encoder input must be one of {sorted(ENCODER_INPUTS)}, got {mode!r}")
     mean = fixed.mean(dim=(1, 2, 3, 4), keepdim=True)
-    if mode == "pair+difference":
-        return torch.cat([fixed - mean, moving - mean, DIFFERENCE_GAIN * (fixed - moving)], dim=1)
-    matched, overlap = matched_moving(fixed, moving)  # "matched+difference"
-    return torch.cat([fixed - mean, (matched - mean) * overlap, DIFFERENCE_GAIN * (fixed - matched) * overlap], dim=1)
+    return torch.cat([fixed - mean, moving - mean, DIFFERENCE_GAIN * (fixed - moving)], dim=1)
 
 
 class LargeKernelBlock(nn.Module):

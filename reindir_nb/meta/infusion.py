@@ -6,14 +6,6 @@ heads map the embedding e (length E) to ``gamma_l`` (length E) and ``delta_l`` (
 E = 1025 each row is a shifted copy), giving ``Gamma_l``; then ``W_l <- W_l * (1 + Gamma_l)`` and
 ``b_l <- b_l + delta_l``. Heads start at zero, so an untrained model equals its template exactly.
 
-``output_shift`` (an extension, not in the paper): a further head per INR maps the embedding to a
-3-vector added to the output layer's bias, a global translation of the displacement (INR units).
-A translation is what the hidden-layer modulations express worst: on demo cbct phantoms (a set-up
-translation of 2-6 mm) the zero-shot residual of a model without it was almost all a mean offset
-(TRE 5.6 / 3.8 mm, |mean error| 5.3 / 3.4 mm). Measured at demo, the head did not lower the
-start beyond run-to-run noise (``benchmarks/results/meta_demo/encoder_plateau_tries.txt``): it is
-off in every profile.
-
 The heads read ``e / sqrt(E)``: with the encoder's signal-preserving initialisation the embedding
 entries are O(1), and an Adam step on an (E x E) head would otherwise change ``gamma`` by
 ``lr * sum_j |e_j|`` ~ ``lr * E * mean|e|`` per step (estimated ~0.1 at lr 3e-4, E = 1025: a jump
@@ -39,37 +31,28 @@ def repeat_to_matrix(gamma: Tensor, shape: tuple[int, int]) -> Tensor:
     return gamma.repeat(reps)[:n].view(shape)
 
 
-def modulate(template: Params, gammas: dict[int, Tensor], deltas: dict[int, Tensor],
-             shift: Tensor | None = None) -> Params:
-    """Infused params: layers in ``gammas`` get ``W * (1 + repeat(gamma))`` and ``b + delta``;
-    ``shift`` (3,), if given, is added to the output layer's bias (a global translation)."""
+def modulate(template: Params, gammas: dict[int, Tensor], deltas: dict[int, Tensor]) -> Params:
+    """Infused params: layers in ``gammas`` get ``W * (1 + repeat(gamma))`` and ``b + delta``."""
     out = list(template)
     for layer_index, gamma in gammas.items():
         w, b = template[2 * layer_index], template[2 * layer_index + 1]
         out[2 * layer_index] = w * (1.0 + repeat_to_matrix(gamma, tuple(w.shape)))
         out[2 * layer_index + 1] = b + deltas[layer_index]
-    if shift is not None:
-        out[-1] = template[-1] + shift
     return out
 
 
 class InfusionHeads(nn.Module):
-    """Zero-initialised linear heads embedding -> (gamma_l, delta_l) for both INRs, and with
-    ``output_shift`` a translation (3,) of each INR's output."""
+    """Zero-initialised linear heads embedding -> (gamma_l, delta_l) for both INRs."""
 
-    def __init__(self, embedding_length: int, hidden: int = 256, layers: tuple[int, ...] = MODULATED_LAYERS,
-                 output_shift: bool = False):
+    def __init__(self, embedding_length: int, hidden: int = 256, layers: tuple[int, ...] = MODULATED_LAYERS):
         super().__init__()
         self.layers = tuple(layers)
-        self.output_shift = bool(output_shift)
         self.gamma = nn.ModuleDict()
         self.delta = nn.ModuleDict()
         for net in ("forward", "backward"):
             for l in self.layers:
                 self.gamma[f"{net}{l}"] = nn.Linear(embedding_length, embedding_length)
                 self.delta[f"{net}{l}"] = nn.Linear(embedding_length, hidden)
-        if self.output_shift:
-            self.shift = nn.ModuleDict({f"{net}out": nn.Linear(embedding_length, 3) for net in ("forward", "backward")})
         for p in self.parameters():
             nn.init.zeros_(p)
 
@@ -78,13 +61,11 @@ class InfusionHeads(nn.Module):
         """What the heads read: the embedding ``(E,)`` (or ``(1, E)``) flattened, divided by sqrt(E)."""
         return embedding.reshape(-1) / math.sqrt(embedding.numel())
 
-    def modulations(self, embedding: Tensor) -> dict[str, tuple[dict[int, Tensor], dict[int, Tensor], Tensor | None]]:
-        """``{"forward"|"backward": (gammas, deltas, shift)}``: per modulated layer, and the output
-        translation (None without ``output_shift``), for ONE embedding."""
+    def modulations(self, embedding: Tensor) -> dict[str, tuple[dict[int, Tensor], dict[int, Tensor]]]:
+        """``{"forward"|"backward": (gammas, deltas)}`` per modulated layer, for ONE embedding."""
         e = self.head_input(embedding)
         return {net: ({l: self.gamma[f"{net}{l}"](e) for l in self.layers},
-                      {l: self.delta[f"{net}{l}"](e) for l in self.layers},
-                      self.shift[f"{net}out"](e) if self.output_shift else None) for net in ("forward", "backward")}
+                      {l: self.delta[f"{net}{l}"](e) for l in self.layers}) for net in ("forward", "backward")}
 
     @staticmethod
     def modulated(modulations: dict, forward: Params, backward: Params) -> tuple[Params, Params]:
