@@ -1,24 +1,23 @@
 """Train Reptile and REINDIR on phantom cohorts (three styles) and compare random init / Reptile /
 REINDIR on HELD-OUT phantom pairs: mean TRE at iteration 0 and 25, mean and range over seeds.
-Without flags both models follow the profile's recipe (README "Training recipes"; for ``demo`` REINDIR's
-encoder alone on the frozen Reptile template of this run); each flag below overrides one part of it
-(before 2026-12-03 the REINDIR defaults were the plain TrainSettings ones, with ``--encoder-input pair``).
+Both models follow the profile's recipe (``rn.meta.profile_recipes``, what notebook 03 and
+``python -m reindir_nb.train`` train); ``--reptile-set`` / ``--reindir-set KEY=VALUE`` change one
+field of a recipe (``Recipe.with_``: training settings, and for REINDIR ``width``,
+``encoder_input``, ``encoder_patch_size``).
 
     .venv/bin/python benchmarks/bench_meta_demo.py [--profile demo] [--outer-steps N] [--seeds 5]
         [--workspace W]   (--seeds 0: train and save only; bench_sweep_demo.py then evaluates)
-        [--reindir-start-from-reptile --reindir-eps 0.1]   (REINDIR warm-started from the Reptile template)
-        [--swap-probability 0.5]   (both models trained on both breathing directions)
-        [--reindir-start-from-reptile --reindir-inner-steps 0 --encoder-steps 3 --encoder-input pair+difference]
-                                   (REINDIR: the encoder alone on the frozen Reptile template)
+        [--reindir-set encoder_steps=3 --reindir-set encoder_lr=3e-4]   (a variant of the recipe)
+        [--from-scratch]   (REINDIR trains its templates too: the paper's recipe)
         [--directions as-generated swapped]   (evaluate the held-out pairs both ways)
         [--thorax 3 --skip-random --random-on-thorax]   (domain shift: bundled thorax-ct, its checks printed)
         [--methods --out DIR]   (evaluate DIR/reptile.pt and DIR/reindir.pt, e.g. the main job's checkpoints)
-        [--reptile-anneal-eps]   (Reptile's outer step decays linearly to 0)
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 from pathlib import Path
 
@@ -26,6 +25,15 @@ import numpy as np
 import pandas as pd
 
 import reindir_nb as rn
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``"key=value"`` -> (key, the value as a Python literal, else the string)."""
+    key, _, value = text.partition("=")
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
 
 
 def main() -> None:
@@ -43,30 +51,12 @@ def main() -> None:
     ap.add_argument("--workspace", default=None,
                     help="also save the models as WORKSPACE/checkpoints/{reptile,reindir}.pt (what "
                          "benchmarks/bench_sweep_demo.py and notebook 04 load)")
-    ap.add_argument("--reindir-start-from-reptile", action="store_true",
-                    help="start REINDIR's templates from the Reptile template of this run (or OUT/reptile.pt); "
-                         "the default when the profile's recipe warm-starts (demo, smoke)")
-    ap.add_argument("--reptile-anneal-eps", action="store_true",
-                    help="Reptile: the outer step eps decays linearly to 0 (the final template averages its last tasks)")
-    ap.add_argument("--reindir-eps", type=float, default=None, help="REINDIR's Reptile step eps (default: settings)")
-    ap.add_argument("--reindir-outer-steps", type=int, default=None, help="REINDIR's outer steps (default: the profile's share of --outer-steps, demo 2/3)")
-    ap.add_argument("--reindir-inner-steps", type=int, default=None,
-                    help="REINDIR's inner steps (0: encoder only on the frozen start template)")
-    ap.add_argument("--encoder-steps", type=int, default=None, help="zero-shot encoder updates per task")
-    ap.add_argument("--encoder-input", default=None, help="pair | pair+difference (default: the profile's)")
-    ap.add_argument("--encoder-patch", type=int, default=None,
-                    help="REINDIR: the encoder reads its input resampled to N^3 (default: the profile's)")
-    ap.add_argument("--tasks-per-set", type=int, default=None, help="REINDIR: tasks drawn per set per outer step")
-    ap.add_argument("--heads-lr", type=float, default=None, help="REINDIR: peak Adam lr of the infusion heads")
-    ap.add_argument("--encoder-lr", type=float, default=None, help="REINDIR: peak Adam lr of the encoder (and heads)")
-    ap.add_argument("--output-shift", action="store_true",
-                    help="REINDIR: heads that also translate the INRs' output (off in every profile)")
-    ap.add_argument("--width", type=int, default=None, help="REINDIR: the encoder's start width (default: the profile's)")
-    ap.add_argument("--cycles", type=int, default=None, help="REINDIR: cosine cycles of its lr schedule (1: no restart)")
-    ap.add_argument("--landmark-weight", type=float, default=None,
-                    help="REINDIR: landmark supervision of the zero-shot encoder updates (x mean landmark mm)")
-    ap.add_argument("--swap-probability", type=float, default=None,
-                    help="both models: chance a task is swapped (default: the profile's; demo 0.5)")
+    ap.add_argument("--reptile-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one field of the Reptile recipe (a Python literal value), repeatable")
+    ap.add_argument("--reindir-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one field of the REINDIR recipe (a Python literal value), repeatable")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="REINDIR trains its templates too (the paper's recipe) instead of the profile's start")
     ap.add_argument("--directions", nargs="+", default=["as-generated"], choices=["as-generated", "swapped"])
     ap.add_argument("--thorax", type=int, default=0,
                     help="also evaluate on N bundled:thorax-ct pairs (real anatomy never trained on: domain shift)")
@@ -106,40 +96,22 @@ def main() -> None:
         raise SystemExit(f"--methods {' '.join(args.methods) or '(none)'}: the models not trained are loaded from "
                          f"--out, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: train that "
                          "method too or put its file there")
-    changes = {} if args.outer_steps is None else {"outer_steps": args.outer_steps}
-    if args.swap_probability is not None:
-        changes["swap_probability"] = args.swap_probability
+    recipes = rn.meta.profile_recipes(prof, outer_steps=args.outer_steps)
+    if args.from_scratch:
+        recipes["reindir"] = rn.meta.recipe("reindir", prof, warm_start=False, **(
+            {} if args.outer_steps is None else {"outer_steps": args.outer_steps}))
+    for kind, pairs in (("reptile", args.reptile_set), ("reindir", args.reindir_set)):
+        recipes[kind] = recipes[kind].with_(**dict(_key_value(p) for p in pairs))
     trained = {}
     for method, train_fn in (("reptile", rn.meta.train_reptile), ("reindir", rn.meta.train_reindir)):
         if method not in args.methods:
             trained[method] = (rn.meta.load(out / f"{method}.pt"), float("nan"))
             continue
-        extra = {}
-        if method == "reptile" and args.reptile_anneal_eps:
-            extra["anneal_eps"] = True
-        if method == "reindir":
-            warm = args.reindir_start_from_reptile or prof.reindir_warm_start
-            extra = prof.reindir_settings(warm, args.reindir_eps)  # the profile's recipe, then the flags
-            extra["outer_steps"] = prof.reindir_steps(args.outer_steps, warm)
-            if warm:
-                extra["start"] = trained["reptile"][0]
-            for key, value in (("outer_steps", args.reindir_outer_steps), ("inner_steps", args.reindir_inner_steps),
-                               ("encoder_steps", args.encoder_steps), ("landmark_weight", args.landmark_weight),
-                               ("heads_lr", args.heads_lr), ("cycles", args.cycles),
-                               ("tasks_per_set", args.tasks_per_set), ("encoder_lr", args.encoder_lr),
-                               ("width", args.width)):
-                if value is not None:
-                    extra[key] = value
-            if args.output_shift:
-                extra["output_shift"] = True
-            if args.encoder_input is not None:
-                extra["encoder_input"] = args.encoder_input
-            if args.encoder_patch is not None:
-                extra["encoder_patch_size"] = (args.encoder_patch,) * 3
+        recipe = recipes[method]
+        start = trained["reptile"][0] if recipe.warm_start else None
         t = time.perf_counter()
-        trained[method] = (train_fn(train, prof, seed=args.train_seed, log_path=out / f"{method}_log.csv", heldout=test,
-                                    heldout_every=args.heldout_every, **{**changes, **extra}),
-                           time.perf_counter() - t)
+        trained[method] = (train_fn(train, recipe, seed=args.train_seed, start=start, log_path=out / f"{method}_log.csv",
+                                    heldout=test, heldout_every=args.heldout_every), time.perf_counter() - t)
         trained[method][0].save(out / f"{method}.pt")
     (template, t_reptile), (model, t_reindir) = trained["reptile"], trained["reindir"]
     if args.workspace:

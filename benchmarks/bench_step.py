@@ -5,7 +5,7 @@ Same process, same batch of points, same weights; the methods are timed in inter
 per-round ratios. Steps (forward + backward + optimiser step, SIREN 3-256-256-256-3):
 
 * ``ccidir-jacobian``: one ccIDIR step = 2 INRs + symmetric Jacobian + cycle + NCC
-  (:func:`reindir_nb.inr.objective.ccidir_terms`, the code registration runs) + Adam;
+  (:meth:`reindir_nb.inr.objective.Objective.terms`, the code registration runs) + Adam;
 * ``bending``: one INR with NCC + bending energy (the Hessian path) + Adam;
 * ``ccidir-bending`` (fast path only unless ``--ccidir-bending-baseline``; its double backward
   needs ~13 GB at 10000 points): the ccIDIR step with the bending regulariser.
@@ -15,7 +15,7 @@ tangents] through every layer, forward and backward, see
 :func:`reindir_nb.inr.derivatives.jet_matmul_flops`) divided by the fp32 matmul peak measured in
 this run (best of many ``10000x256 @ 256x256``). ``xSOL`` = time / SOL.
 
-    .venv/bin/python benchmarks/bench_step.py [--points 10000] [--rounds 5] [--bf16] [--json out.json]
+    .venv/bin/python benchmarks/bench_step.py [--points 10000] [--rounds 5] [--json out.json]
 
 Allocator: the Hessian path allocates arrays > 32 MB each step; glibc serves those with fresh
 mmaps (page faults every step). ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``
@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from reindir_nb import derivatives, inr, losses
 from reindir_nb.core.device import make_generator
-from reindir_nb.inr.objective import LossWeights, Problem, apply_matrix, ccidir_terms, sample_image
+from reindir_nb.inr.objective import LossWeights, Objective, Problem, apply_matrix, sample_image
 from reindir_nb.core.pair import Pair
 from reindir_nb.core.volume import Volume
 
@@ -76,7 +76,7 @@ def matmul_peak(dtype: torch.dtype, repeats: int = 20) -> tuple[float, float]:
     return flops / best_wall, flops / max(best_cpu, 1e-9)
 
 
-def make_step(kind: str, method: str, problem: Problem, xf: torch.Tensor, xb: torch.Tensor, bf16: bool) -> Callable[[], None]:
+def make_step(kind: str, method: str, problem: Problem, xf: torch.Tensor, xb: torch.Tensor) -> Callable[[], None]:
     """A closure doing one full step (loss, backward, Adam) on its own copy of the weights."""
     fwd = inr.init_siren(generator=make_generator(0))
     bwd = inr.init_siren(generator=make_generator(1))
@@ -88,18 +88,17 @@ def make_step(kind: str, method: str, problem: Problem, xf: torch.Tensor, xb: to
         lin = problem.fixed_to_mm[:3, :3]
 
         def loss() -> torch.Tensor:
-            v, _, hess = derivatives.hessian(fwd, xf, 30.0, method=method, bf16=bf16)
+            v, _, hess = derivatives.hessian(fwd, xf, 30.0, method=method)
             warped = sample_image(problem.moving, apply_matrix(problem.f2m, xf + v))
             ncc = losses.ncc_loss(sample_image(problem.fixed, xf), warped)
             return ncc + weights.bending * losses.bending_energy(losses.hessian_to_mm(hess, lin))
     else:
         opt = torch.optim.Adam(fwd + bwd, lr=1e-4)
-        regulariser = "jacobian" if kind == "ccidir-jacobian" else "bending"
+        objective = Objective(regulariser="jacobian" if kind == "ccidir-jacobian" else "bending", weights=weights,
+                              derivative_method=method)
 
         def loss() -> torch.Tensor:
-            terms = ccidir_terms(fwd, bwd, problem, xf, xb, regulariser, weights, 30.0,
-                                 derivative_method=method, derivative_bf16=bf16)
-            return terms["total"]
+            return objective.terms(fwd, bwd, problem, xf, xb, 30.0)["total"]
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -140,7 +139,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=64, help="voxels per side of the synthetic images")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--bf16", action="store_true", help="also time the opt-in bf16-matmul fast path")
     ap.add_argument("--skip", nargs="*", default=[], choices=["ccidir-jacobian", "bending", "ccidir-bending"])
     ap.add_argument("--ccidir-bending-baseline", action="store_true",
                     help="also time the ccIDIR bending step by double backward (~13 GB at 10000 points)")
@@ -159,26 +157,24 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} (this machine has {os.cpu_count()} cores)")
 
     peaks = [matmul_peak(torch.float32)]
-    plans: list[tuple[str, list[tuple[str, bool]]]] = []
+    plans: list[tuple[str, list[str]]] = []
     if "ccidir-jacobian" not in args.skip:
-        plans.append(("ccidir-jacobian", [("forward", False), ("autograd", False)] + [("forward", True)] * args.bf16))
+        plans.append(("ccidir-jacobian", ["forward", "autograd"]))
     if "bending" not in args.skip:
-        plans.append(("bending", [("forward", False), ("autograd", False)] + [("forward", True)] * args.bf16))
+        plans.append(("bending", ["forward", "autograd"]))
     if "ccidir-bending" not in args.skip:
-        plans.append(("ccidir-bending", [("forward", False)] + [("autograd", False)] * args.ccidir_bending_baseline
-                      + [("forward", True)] * args.bf16))
+        plans.append(("ccidir-bending", ["forward"] + ["autograd"] * args.ccidir_bending_baseline))
     results: dict[str, dict] = {}
     for kind, variants in plans:
-        steps = {f"{m}{'-bf16' if b else ''}": make_step(kind, m, problem, xf, xb, b) for m, b in variants}
+        steps = {m: make_step(kind, m, problem, xf, xb) for m in variants}
         times = time_interleaved(steps, args.rounds)
         peaks.append(matmul_peak(torch.float32))
         results[kind] = {"times_s": times, "flops": step_flops(kind, args.points)}
         del steps
 
     peak = {"wall": max(p[0] for p in peaks), "cpu": max(p[1] for p in peaks)}
-    bf16_peak = matmul_peak(torch.bfloat16)[0] if args.bf16 else None
     print(f"fp32 matmul peak (10000x256 @ 256x256, best in this run): {peak['wall'] / 1e9:.0f} GFLOP/s by wall clock, "
-          f"{peak['cpu'] / 1e9:.0f} GFLOP/s of process CPU time" + (f"; bf16 {bf16_peak / 1e9:.0f} GFLOP/s" if bf16_peak else ""))
+          f"{peak['cpu'] / 1e9:.0f} GFLOP/s of process CPU time")
     print("xSOL = median time / (step matmul FLOPs / peak); the CPU-time columns discount waiting for busy cores")
     print(f"{'step':<16} {'method':<14} {'best ms':>8} {'median ms':>9} {'SOL ms':>7} {'xSOL':>6} {'cpu ms':>8} {'xSOL cpu':>8}")
     summary: dict[str, dict] = {}
@@ -205,7 +201,7 @@ def main() -> None:
     if args.json:
         payload = {"points": args.points, "threads": torch.get_num_threads(), "fp32_peak_gflops": peak["wall"] / 1e9,
                    "fp32_peak_cpu_gflops": peak["cpu"] / 1e9, "load_average": os.getloadavg(),
-                   "bf16_peak_gflops": bf16_peak / 1e9 if bf16_peak else None, "allocator_preload": preload,
+                   "allocator_preload": preload,
                    "steps": summary}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=args.json.parent, delete=False, suffix=".tmp") as fh:

@@ -24,14 +24,12 @@ see the traceback of an input error.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -161,25 +159,6 @@ def _short_warnings(quiet: bool) -> Iterator[None]:
         yield
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` as plain JSON types (dataclasses as dicts, numpy as lists/numbers, paths as str)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def _grid_info(grid) -> dict:
     return {"shape_xyz": list(grid.shape[::-1]), "spacing_mm": list(grid.spacing), "origin_mm": list(grid.origin),
             "direction": np.asarray(grid.direction).ravel().tolist()}
@@ -215,38 +194,15 @@ def _check_inputs(args: argparse.Namespace) -> None:
             raise UserError(f"{what} {path}: file not found")
 
 
-def _kit_outputs(folder: Path) -> set[str] | None:
-    """Names of the files a ``register`` output folder holds according to its report.json, else None."""
-    try:
-        report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(report, dict) or report.get("format") != OUTPUT_FORMAT or not isinstance(report.get("files"), dict):
-        return None
-    return {REPORT, *map(str, report["files"].values())}
-
-
 def _check_out(folder: Path) -> None:
     """FileExistsError naming ``folder`` unless it may be (re)written: absent, empty, or an output
-    folder of ``reindir-nb register`` that holds only its own files. Then probe that its parent is writable."""
-    from .core.files import ensure_writable
+    folder of ``reindir-nb register`` that holds only its own files (its report.json lists them:
+    :func:`reindir_nb.core.files.check_replaceable`). Then probe that its parent is writable."""
+    from .core.files import check_replaceable, ensure_writable
 
     if folder.name in ("", ".", ".."):
         raise UserError(f"--out {folder}: give a folder name")
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"--out {folder}: exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        own = _kit_outputs(folder)
-        entries = sorted(p.name for p in folder.iterdir())
-        if own is None:
-            raise FileExistsError(
-                f"--out {folder}: not empty and not an output folder written by {PROG} (no valid {REPORT}); it is "
-                f"never overwritten: choose a new or empty folder (it holds {', '.join(entries[:5])}"
-                f"{' ...' if len(entries) > 5 else ''})")
-        foreign = [e for e in entries if e not in own]
-        if foreign:
-            raise FileExistsError(f"--out {folder}: an output folder of {PROG} that also holds other files "
-                                  f"({', '.join(foreign[:5])}); move them out first, they are never deleted")
+    check_replaceable(folder, REPORT, "output folder", format=OUTPUT_FORMAT, shown=f"--out {folder}")
     ensure_writable(folder.resolve().parent, f"the output folder {folder.name}")
 
 
@@ -324,7 +280,9 @@ def _tre_block(pair, run, field_map, estimate: str) -> dict:
 def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run, grid) -> dict:
     """Every output file into the (temporary) folder ``tmp``; returns the report's file and result parts."""
     from .core.metrics import deformation_statistics
-    from .data.io import atomic_path, write_elastix_points, write_image
+    from .core.files import atomic_path
+    from .data.images import write_image
+    from .data.points import write_elastix_points
     from .data.preprocess import resample_to_grid
     from .inr.export import read_learn2reg_displacement, write_learn2reg_displacement
 
@@ -382,7 +340,7 @@ def _register_command(args: argparse.Namespace) -> int:
     import torch
 
     import reindir_nb as rn
-    from .core.files import atomic_folder, atomic_path
+    from .core.files import atomic_folder, write_json
     from .core.profiles import get_profile
     from .data.datasets import load_generic_pair
     from .data.preprocess import isotropic_grid, prepare_fine
@@ -437,7 +395,7 @@ def _register_command(args: argparse.Namespace) -> int:
     timings["encoder_seconds"] = float(run.encoder_seconds)
 
     t = time.perf_counter()
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, marker=REPORT, what="output folder", format=OUTPUT_FORMAT, shown=f"--out {out}") as tmp:
         results = _write_outputs(tmp, args, pair, prepared, run, out_grid)
         timings["outputs_seconds"] = time.perf_counter() - t
         timings["total_seconds"] = time.perf_counter() - t_start
@@ -470,8 +428,7 @@ def _register_command(args: argparse.Namespace) -> int:
             "moving_grid": _grid_info(pair.moving.grid),
             **results,
         }
-        with atomic_path(tmp / REPORT) as path:
-            path.write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
+        write_json(tmp / REPORT, report)
     _summary(args, report)
     return 3 if run.diverged else 0
 

@@ -125,3 +125,49 @@ def test_every_public_name_of_the_readme_api_block_resolves():
                 break  # a method of a returned object (run.history ...) is not a module attribute
             obj = getattr(obj, part)
         assert obj is not None, dotted
+
+
+# ------------------------------------------------------------------ size and shape of the code
+def _modules() -> list[Path]:
+    return sorted(MODULES.values())
+
+
+MAX_PARAMETERS = 10  # per function (self/cls not counted; *args and **kwargs count one each)
+MAX_MODULE_LINES = 700
+
+
+def _parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    a = node.args
+    names = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+    count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+    return count - (1 if names and names[0].arg in ("self", "cls") else 0)
+
+
+def _long_signatures(source: str) -> list[tuple[str, int, int]]:
+    return [(node.name, node.lineno, _parameter_count(node)) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _parameter_count(node) > MAX_PARAMETERS]
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    """Typed settings objects instead of long argument lists (dataclass fields are not parameters)."""
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{line} {name}({n} parameters)"
+                 for path in _modules() for name, line, n in _long_signatures(path.read_text())]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_parameter_checker_counts_what_it_should():
+    eleven = "def f(a, b, c, d, e, f, g, h, i, j, *, k=1): pass\n"
+    method = "class A:\n    def m(self, a, b, c, d, e, f, g, h, i, **kw): pass\n"
+    assert [n for _, _, n in _long_signatures(eleven)] == [11] and _long_signatures(method) == []
+
+
+def test_no_module_is_longer_than_700_lines():
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in _modules()
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
+
+
+def test_library_text_cites_no_benchmark_results():
+    """Docstrings and comments say what the code does; what was measured lives in docs/results.md."""
+    cites = [str(p.relative_to(PACKAGE.parent)) for p in _modules() if "benchmarks/results" in p.read_text()]
+    assert not cites, cites

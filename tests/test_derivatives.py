@@ -13,7 +13,7 @@ import torch
 
 from reindir_nb import derivatives, inr, losses
 from reindir_nb.core.device import make_generator
-from reindir_nb.inr.objective import Problem, ccidir_terms
+from reindir_nb.inr.objective import Objective, Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -123,7 +123,7 @@ def test_gradcheck_hand_written_backward(order):
     x = points(3).requires_grad_(True)
 
     def jet(x_, *ps):
-        return derivatives._jet_fast(list(ps), x_, 30.0, order, chunk=2, bf16=False)
+        return derivatives._jet_fast(list(ps), x_, 30.0, order, chunk=2)
 
     assert torch.autograd.gradcheck(jet, (x, *p), eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -189,7 +189,7 @@ def test_gradient_with_respect_to_points():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10)
 
 
-def test_ccidir_terms_same_with_every_derivative_method():
+def test_objective_terms_same_with_every_derivative_method():
     z, y, xg = torch.meshgrid(*(torch.arange(16.0),) * 3, indexing="ij")
     blob = lambda c: torch.exp(-((xg - c) ** 2 + (y - 8) ** 2 + (z - 8) ** 2) / 12.0).numpy()  # noqa: E731
     from reindir_nb.core.pair import Pair
@@ -203,7 +203,7 @@ def test_ccidir_terms_same_with_every_derivative_method():
         results = {}
         for method in ("forward", "autograd"):
             leaves = [t.clone().requires_grad_(True) for t in fwd + bwd]
-            terms = ccidir_terms(leaves[:8], leaves[8:], prob, xf, xb, reg, derivative_method=method)
+            terms = Objective(regulariser=reg, derivative_method=method).terms(leaves[:8], leaves[8:], prob, xf, xb, 30.0)
             results[method] = (terms["total"].detach(), torch.autograd.grad(terms["total"], leaves))
         torch.testing.assert_close(results["forward"][0], results["autograd"][0], rtol=1e-10, atol=0)
         for a, b in zip(results["forward"][1], results["autograd"][1]):
@@ -211,21 +211,6 @@ def test_ccidir_terms_same_with_every_derivative_method():
 
 
 # ------------------------------------------------------------------ options and errors
-
-
-def test_bf16_option_is_close_but_not_exact():
-    p, x = params(dtype=torch.float32), points(500, dtype=torch.float32)
-    _, jac = derivatives.jacobian(p, x)
-    _, jac_bf = derivatives.jacobian(p, x, bf16=True)
-    eye = torch.eye(3)
-    det_err = (torch.linalg.det(eye + jac_bf) - torch.linalg.det(eye + jac)).abs().max()
-    assert 0 < det_err < 5e-2
-    leaves = [t.clone().requires_grad_(True) for t in p]
-    grads = torch.autograd.grad(_bending_loss(leaves, x, "forward", bf16=True), leaves)
-    ref = torch.autograd.grad(_bending_loss(leaves, x, "forward"), leaves)
-    for a, b in zip(grads, ref):
-        assert torch.isfinite(a).all()
-        assert (a - b).norm() / b.norm() < 0.2
 
 
 def test_bad_arguments_raise():

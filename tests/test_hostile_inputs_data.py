@@ -26,7 +26,7 @@ from reindir_nb.core.geometry import Grid
 from reindir_nb.core.pair import Pair
 from reindir_nb.core.points import as_points
 from reindir_nb.core.volume import Volume
-from reindir_nb.data import datasets, preprocess
+from reindir_nb.data import datasets, preprocess, store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_save_pairs_writer_failing_part_way_keeps_the_old_state(tmp_path, monkey
     io.save_pairs([_pair("a0"), _pair("a1")], tmp_path)
     (tmp_path / "notes.txt").write_text("user")
     calls = {"n": 0}
-    real = io.write_image
+    real = store.write_image
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -114,7 +114,7 @@ def test_save_pairs_writer_failing_part_way_keeps_the_old_state(tmp_path, monkey
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(io, "write_image", failing)
+    monkeypatch.setattr(store, "write_image", failing)  # the name the pair store writes with
     with pytest.raises(OSError, match="disk full"):
         io.save_pairs([_pair("a0", gen="new"), _pair("a1", gen="new"), _pair("a2", gen="new")], tmp_path)
     assert [(p.name, p.meta["gen"]) for p in io.load_manifest(tmp_path)] == [("a0", "old"), ("a1", "old")]

@@ -1,4 +1,4 @@
-"""io.py: image and landmark readers/writers pinned by HAND-COMPUTED mm coordinates, saved pairs.
+"""rn.io (data/images.py, points.py, store.py): image and landmark readers/writers pinned by HAND-COMPUTED mm coordinates, saved pairs.
 
 Geometry everywhere: world = origin + direction @ (spacing * index_0based), index in (x, y, z),
 arrays in (z, y, x). Origins, spacings and directions are deliberately non-trivial and the axes
@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from reindir_nb import io
+from reindir_nb.data import store
 from reindir_nb.data.datasets import data_root
 from reindir_nb.core.geometry import Grid
 from reindir_nb.core.pair import Pair
@@ -213,7 +214,7 @@ def test_save_pair_replaces_whole_folder_and_failure_keeps_old(tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "write_points_csv", broken)
+    monkeypatch.setattr(store, "write_points_csv", broken)  # the name the pair store writes with
     with pytest.raises(OSError, match="disk full"):
         io.save_pair(_small_pair(), tmp_path / "p")
     assert io.load_saved_pair(tmp_path / "p").name == "bare"  # old folder untouched

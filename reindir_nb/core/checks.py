@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["require_int", "require_float", "require_choice"]
+__all__ = ["require_int", "require_float"]
 
 
 def require_int(value, what: str, minimum: int | None = None) -> int:
@@ -32,11 +32,4 @@ def require_float(value, what: str, minimum: float | None = None, positive: bool
         raise ValueError(f"{what} must be > 0, got {value}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {value}")
-    return value
-
-
-def require_choice(value, what: str, choices) -> str:
-    """``value`` if it is one of ``choices`` (strings), else a ValueError listing them."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value

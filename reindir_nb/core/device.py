@@ -1,14 +1,13 @@
-"""Device choice (cuda > mps > cpu, overridable), seeding and CPU threads."""
+"""Device choice (cuda > mps > cpu, overridable) and seeded torch generators (the kit passes
+generators explicitly rather than seeding the global ones)."""
 
 from __future__ import annotations
 
 import os
-import random
 
-import numpy as np
 import torch
 
-__all__ = ["get_device", "seed_everything", "make_generator"]
+__all__ = ["get_device", "make_generator"]
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -25,13 +24,6 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch global generators (prefer passing generators explicitly)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:

@@ -151,15 +151,8 @@ class Grid:
         """INR [-1, 1] coordinates (x, y, z) -> world mm."""
         return apply_affine(self.normalized_to_world_matrix(), coords)
 
-    def world_to_normalized(self, points: np.ndarray) -> np.ndarray:
-        """World mm -> INR [-1, 1] coordinates (x, y, z)."""
-        return apply_affine(self.world_to_normalized_matrix(), points)
-
     def index_to_normalized(self, index: np.ndarray) -> np.ndarray:
         return apply_affine(invert_affine(self.normalized_to_index_matrix()), index)
-
-    def normalized_to_index(self, coords: np.ndarray) -> np.ndarray:
-        return apply_affine(self.normalized_to_index_matrix(), coords)
 
     def normalized_vectors_to_mm(self, vectors: np.ndarray) -> np.ndarray:
         """Displacement vectors in INR units -> mm (linear part only)."""

@@ -40,28 +40,34 @@ class Profile:
         return replace(self, **changes)
 
 
+# The profiles side by side, one row per Profile field. demo is the main job on 2 CPU cores, each
+# notebook's budget sized to what it teaches (the timings and measurements behind these numbers are
+# in docs/results.md); paper is the paper's Appendix A / Table 2.
+_NAMES = ("smoke", "demo", "paper")
+_TABLE: dict[str, tuple] = {
+    #                          smoke            demo             paper
+    "spacing_mm":             (8.0,             4.0,             1.0),
+    "patch_size":             ((32, 32, 32),    (64, 64, 64),    (336, 288, 366)),
+    "cohort_size":            (4,               20,              100),
+    "points_per_step":        (2000,            5000,            10000),
+    "iterations":             (20,              150,             2500),
+    "record_every":           (5,               25,              25),
+    "inner_steps":            (3,               10,              10),
+    "inner_points":           (1000,            2000,            5000),
+    "outer_steps":            (3,               150,             22750),
+    "encoder_width":          (2,               6,               6),
+    "embedding_length":       (65,              1025,            1025),
+    "seeds":                  (2,               2,               10),
+    "folds":                  (2,               5,               5),
+    "eval_iterations":        ((0, 5, 10),      (0, 10, 25),     (0, 25, 100, 250)),
+    "held_out_per_style":     (1,               1,               5),
+    "voxelmorph_epochs":      (1,               3,               200),
+    "elastix_budget":         ((50, 1),         (250, 2),        None),
+    "bending_points_per_step": (500,            2000,            None),
+    "propagation":            ((2, 1, 10),      (2, 1, 50),      (10, 5, 2500)),
+}
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke", spacing_mm=8.0, patch_size=(32, 32, 32), cohort_size=4, points_per_step=2000,
-        iterations=20, record_every=5, inner_steps=3, inner_points=1000, outer_steps=3,
-        encoder_width=2, embedding_length=65, seeds=2, folds=2, eval_iterations=(0, 5, 10),
-        held_out_per_style=1, voxelmorph_epochs=1, elastix_budget=(50, 1), bending_points_per_step=500,
-        propagation=(2, 1, 10),
-    ),
-    "demo": Profile(
-        # The main job on 2 CPU cores: each notebook's budget is sized to what it teaches (the timings
-        # and the measurements behind these numbers are in docs/results.md).
-        name="demo", spacing_mm=4.0, patch_size=(64, 64, 64), cohort_size=20, points_per_step=5000,
-        iterations=150, record_every=25, inner_steps=10, inner_points=2000, outer_steps=150,
-        encoder_width=6, embedding_length=1025, seeds=2, folds=5, eval_iterations=(0, 10, 25),
-        held_out_per_style=1, voxelmorph_epochs=3, elastix_budget=(250, 2), bending_points_per_step=2000,
-        propagation=(2, 1, 50),
-    ),
-    "paper": Profile(
-        name="paper", spacing_mm=1.0, patch_size=(336, 288, 366), cohort_size=100, points_per_step=10000,
-        iterations=2500, record_every=25, inner_steps=10, inner_points=5000, outer_steps=22750,
-        encoder_width=6, embedding_length=1025, seeds=10, folds=5, eval_iterations=(0, 25, 100, 250),
-    ),
+    name: Profile(name=name, **{field: row[i] for field, row in _TABLE.items()}) for i, name in enumerate(_NAMES)
 }
 
 

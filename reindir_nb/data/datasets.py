@@ -27,18 +27,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .io import (
-    DIRLAB_CASES,
-    ct_value_problem,
-    read_dirlab_img,
-    read_dirlab_landmarks,
-    read_elastix_points,
-    read_image,
-    read_learn2reg_keypoints,
-    read_points,
-)
 from ..core.pair import Pair
 from ..core.volume import Volume
+from .images import DIRLAB_CASES, ct_value_problem, read_dirlab_img, read_image
+from .points import read_dirlab_landmarks, read_elastix_points, read_learn2reg_keypoints, read_points
 
 __all__ = [
     "Pair",
@@ -413,14 +405,13 @@ def load_generic_pair(
     fixed_mask: str | Path | None = None,
     moving_mask: str | Path | None = None,
     one_based: bool = False,
-    name: str | None = None,
-    dataset: str = "generic",
     hu_offset: float = 0.0,
     resample_masks: bool = False,
 ) -> Pair:
     """Any SimpleITK-readable image pair, optional masks and landmark files (csv/txt or elastix
     point sets, see :func:`reindir_nb.io.read_points`). ``units`` ("mm" or "voxel"; voxel
-    indices 0-based unless ``one_based``) must be stated whenever landmarks are given.
+    indices 0-based unless ``one_based``) must be stated whenever landmarks are given. The pair is
+    named after the fixed file (``dataclasses.replace(pair, name=..., dataset=...)`` renames it).
 
     ``hu_offset`` is subtracted from both images (1024 for unsigned exports storing HU + 1024; a
     warning suggests it when an image has no air). A mask must lie on its image's grid (a
@@ -444,7 +435,7 @@ def load_generic_pair(
     return _make_pair(
         fvol, mvol, landmarks, hu_offset=hu_offset,
         fixed_mask=_mask(fixed_mask, fvol, resample_masks), moving_mask=_mask(moving_mask, mvol, resample_masks),
-        name=name or _image_stem(Path(fixed).name), dataset=dataset,
+        name=_image_stem(Path(fixed).name), dataset="generic",
         meta={"source": "generic", "fixed_file": str(fixed), "moving_file": str(moving)},
     )
 

@@ -11,14 +11,14 @@ from .protocol import CONVERGED, Registration, Timings, UncertaintyAware
 from .results import RESULT_COLUMNS, TIMING_COLUMNS, load_points, load_results, merge_results
 from .sharding import resolve_shard, shard_path, shard_tables
 from .summaries import format_summary, summary_table, wilcoxon_table
-from .sweep import FingerprintMismatch, sweep
+from .sweep import FingerprintMismatch, SweepOutput, sweep
 from .workspace import Workspace
 
 __all__ = [
     "CONVERGED", "RESULT_COLUMNS", "TIMING_COLUMNS",
     "Registration", "UncertaintyAware", "Timings",
     "InrRegistration", "VoxelMorphRegistration", "ElastixRegistration", "Method", "resolve_method",
-    "sweep", "FingerprintMismatch", "load_results", "load_points", "merge_results",
+    "sweep", "SweepOutput", "FingerprintMismatch", "load_results", "load_points", "merge_results",
     "resolve_shard", "shard_path", "shard_tables",
     "deformation_statistics", "summary_table", "format_summary", "wilcoxon_table",
     "load_models", "load_voxelmorph",

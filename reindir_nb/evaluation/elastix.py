@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.pair import Pair
 from ..core.volume import Volume
-from ..data.io import read_image
+from ..data.images import read_image
 
 __all__ = ["ElastixConfig", "ElastixTransform", "elastix_available", "elastix_config", "elastix_transform",
            "elastix_register"]

@@ -79,8 +79,8 @@ class InrRegistration:
         recorded = self.iterations
         return self.diverged and (not recorded or int(iteration) > recorded[-1])
 
-    def transform_points(self, points_mm: np.ndarray, iteration: int | None = None,
-                         estimate: str = "cycle") -> np.ndarray:
+    def transform_points(self, points_mm: np.ndarray, estimate: str = "cycle",
+                         iteration: int | None = None) -> np.ndarray:
         return self.run.transform_points(points_mm, estimate=estimate, iteration=iteration)
 
     def jacobian_determinant(self, iteration: int | None = None) -> Volume:
@@ -114,8 +114,8 @@ class VoxelMorphRegistration:
         return Timings(encoder_seconds=float(self.result.encoder_seconds), step_seconds=float(self.result.step_seconds),
                        seconds={int(k): float(v) for k, v in self.result.seconds.items()})
 
-    def transform_points(self, points_mm: np.ndarray, iteration: int | None = None,
-                         estimate: str = "cycle") -> np.ndarray:
+    def transform_points(self, points_mm: np.ndarray, estimate: str = "cycle",
+                         iteration: int | None = None) -> np.ndarray:
         return self.result.transform_points(points_mm, iteration=iteration)
 
     def jacobian_determinant(self, iteration: int | None = None) -> Volume:
@@ -138,8 +138,8 @@ class ElastixRegistration:
     def timings(self) -> Timings:
         return Timings(encoder_seconds=0.0, step_seconds=float("nan"), seconds={CONVERGED: float(self.transform.seconds)})
 
-    def transform_points(self, points_mm: np.ndarray, iteration: int | None = None,
-                         estimate: str = "cycle") -> np.ndarray:
+    def transform_points(self, points_mm: np.ndarray, estimate: str = "cycle",
+                         iteration: int | None = None) -> np.ndarray:
         _check_iteration(iteration, self.iterations, f"elastix {self.transform.pair.name}")
         return self.transform.transform_points(points_mm)
 

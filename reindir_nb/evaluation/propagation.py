@@ -42,7 +42,6 @@ def propagate_keypoints(
     iterations: int = 2500,
     init: Any = "random",
     seed: int = 0,
-    regulariser: str = "jacobian",
     progress: bool = True,
     **register_kwargs: Any,
 ) -> KeypointPropagation:
@@ -52,7 +51,8 @@ def propagate_keypoints(
     keypoints (distance between the forward estimate and the inverted backward one); the
     keypoints are propagated by the per-point median over the ``keep`` most confident runs, and
     the pair is flagged ``excluded`` when those runs' mean uncertainty exceeds
-    ``max_uncertainty_mm``."""
+    ``max_uncertainty_mm``. ``register_kwargs`` go to :func:`reindir_nb.register` (e.g.
+    ``regulariser="bending"``, ``points_per_step=``)."""
     from tqdm.auto import tqdm
 
     pts = np.asarray(points, dtype=np.float64)
@@ -62,7 +62,7 @@ def propagate_keypoints(
         raise ValueError(f"keep must be in 1..runs, got keep={keep}, runs={runs}")
     preds, unc = [], []
     for k in tqdm(range(runs), disable=not progress, desc=f"propagate {pair.name}"):
-        run = _registration.register(pair, init=init, iterations=iterations, seed=seed + k, regulariser=regulariser,
+        run = _registration.register(pair, init=init, iterations=iterations, seed=seed + k,
                                      progress=False, **register_kwargs)
         preds.append(run.transform_points(pts, estimate="cycle"))
         unc.append(float(run.point_uncertainty(pts).mean()))

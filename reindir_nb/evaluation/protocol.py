@@ -45,9 +45,11 @@ class Registration(Protocol):
     - ``name``: the method's label in result tables;
     - ``iterations``: recorded iterations (sorted; ``[CONVERGED]`` for converged methods);
     - ``timings``: :class:`Timings`;
-    - ``transform_points(points_mm, iteration=None, estimate="cycle")``: fixed world mm (N, 3)
-      -> moving world mm at a recorded iteration (None = last). ``estimate`` is "cycle" or
-      "forward"; methods with a single estimate return it for both;
+    - ``transform_points(points_mm, estimate="cycle", iteration=None)``: fixed world mm (N, 3)
+      -> moving world mm at a recorded iteration (None = last), the argument order of
+      :meth:`reindir_nb.inr.registration.RegistrationRun.transform_points`. ``estimate`` is
+      "cycle" or "forward"; methods with a single estimate return it for both. Callers pass
+      ``estimate`` and ``iteration`` by keyword;
     - ``jacobian_determinant(iteration=None)``: det J of the fixed -> moving map on the fixed
       grid, always a :class:`Volume` (unitless, <= 0 = folding).
 
@@ -62,8 +64,8 @@ class Registration(Protocol):
     @property
     def timings(self) -> Timings: ...
 
-    def transform_points(self, points_mm: np.ndarray, iteration: int | None = None,
-                         estimate: str = "cycle") -> np.ndarray: ...
+    def transform_points(self, points_mm: np.ndarray, estimate: str = "cycle",
+                         iteration: int | None = None) -> np.ndarray: ...
 
     def jacobian_determinant(self, iteration: int | None = None) -> Volume: ...
 

@@ -32,7 +32,7 @@ from .results import (CELL_KEY, RESULT_COLUMNS, complete_cells, load_points, loa
 from .rows import registration_rows
 from .sharding import resolve_shard, shard_cells, shard_path
 
-__all__ = ["CONVERGED", "RESULT_COLUMNS", "FingerprintMismatch", "SweepCell", "sweep_grid", "sweep"]
+__all__ = ["CONVERGED", "RESULT_COLUMNS", "FingerprintMismatch", "SweepCell", "SweepOutput", "sweep_grid", "sweep"]
 
 
 class FingerprintMismatch(ValueError):
@@ -156,23 +156,38 @@ def _table_regulariser(regulariser: str, objective: Any) -> str:
     return carried
 
 
+@dataclass(frozen=True)
+class SweepOutput:
+    """Where a sweep writes and what it resumes: the table ``results_path`` (default
+    ``workspace/results/sweep.csv``); ``resume`` keeps the complete runs already in it;
+    ``shard=(index, count)`` (or ``"I/N"``, or ``"auto"``: torchrun's RANK/WORLD_SIZE) runs
+    the round-robin slice ``index::count`` of the sorted cells into ``<stem>.shard-I-of-N.csv``."""
+
+    results_path: str | os.PathLike | None = None
+    workspace: str | os.PathLike = "workspace"
+    resume: bool = True
+    shard: Any = None
+
+    def table_path(self) -> Path:
+        """The table's path without the shard suffix."""
+        if self.results_path is not None:
+            return Path(self.results_path)
+        return Path(self.workspace) / "results" / "sweep.csv"
+
+
+_OUTPUT_FIELDS = ("results_path", "workspace", "resume", "shard")
+_CONFIG_FIELDS = ("regulariser", "prealign", "device", "voxelmorph_prealign", "elastix_kwargs")
+
+
 def sweep(
     pairs: Sequence[Pair],
     methods: Mapping[str, Any],
     seeds: Iterable[int] = range(10),
     iterations: Sequence[int] = (0, 25, 100),
-    regulariser: str = "jacobian",
-    results_path: str | os.PathLike | None = None,
     folds: Mapping[str, Any] | None = None,
-    device: Any = None,
+    output: SweepOutput | None = None,
     progress: bool = True,
-    workspace: str | os.PathLike = "workspace",
-    prealign: str = "auto",
-    voxelmorph_prealign: Mapping[str, np.ndarray] | None = None,
-    elastix_kwargs: Mapping[str, Any] | None = None,
-    resume: bool = True,
-    shard: Any = None,
-    **register_kwargs: Any,
+    **options: Any,
 ) -> pd.DataFrame:
     """Run every method for every seed on every pair and return the results table.
 
@@ -181,33 +196,43 @@ def sweep(
     ``{fold: spec}`` (per-fold models; each pair uses the model of ``folds[pair.name]``, the
     fold that held it out), a callable ``pair -> spec``, a VoxelMorph model, or ``"elastix"``.
     Each (pair, method, seed) is ONE registration to ``max(iterations)`` steps, recorded at
-    every requested count. Extra keyword arguments go to :func:`reindir_nb.register`.
+    every requested count.
 
-    The table goes to ``results_path`` (default ``workspace/results/sweep.csv``), rewritten
-    atomically after every finished run; predicted landmarks to ``<results stem>_points/``.
-    With ``resume=True`` complete runs already in the file are kept (a run with missing rows is
-    redone) after checking their fingerprints: a mismatch raises :class:`FingerprintMismatch`
-    naming what differs; ``resume=False`` starts the table over (only the kit's own result files
-    are rewritten). ``shard=(index, count)`` (or ``"I/N"``, or ``"auto"``: torchrun's
-    RANK/WORLD_SIZE) runs the round-robin slice ``index::count`` of the sorted cells into
-    ``<stem>.shard-I-of-N.csv``; combine with :func:`reindir_nb.evaluate.merge_results`.
-    ``table.attrs["computed"]`` lists the (pair, method, seed) runs this call computed.
+    ``options``: the sweep's ``regulariser`` (default "jacobian"), ``prealign`` (default
+    "auto"), ``device``, ``voxelmorph_prealign`` (pair name -> 4x4), ``elastix_kwargs``;
+    :class:`SweepOutput`'s fields (``results_path=``, ``workspace=``, ``resume=``, ``shard=``)
+    when ``output`` is not given; everything else goes to :func:`reindir_nb.register`.
+
+    The table is rewritten atomically after every finished run; predicted landmarks go to
+    ``<results stem>_points/``. Resuming keeps complete runs already in the file (a run with
+    missing rows is redone) after checking their fingerprints: a mismatch raises
+    :class:`FingerprintMismatch` naming what differs; ``resume=False`` starts the table over
+    (only the kit's own result files are rewritten). Shards combine with
+    :func:`reindir_nb.evaluate.merge_results`. ``table.attrs["computed"]`` lists the
+    (pair, method, seed) runs this call computed.
     """
+    given = {k: options.pop(k) for k in _OUTPUT_FIELDS if k in options}
+    if given and output is not None:
+        raise TypeError(f"sweep: give output= or {sorted(given)}, not both")
+    output = output or SweepOutput(**given)
+    settings = {k: options.pop(k) for k in _CONFIG_FIELDS if k in options}
+    register_kwargs = options
+    regulariser, prealign = settings.get("regulariser", "jacobian"), settings.get("prealign", "auto")
     iterations = sorted({int(i) for i in iterations})
     seeds = [int(s) for s in seeds]
     _check_inputs(pairs, methods, seeds, iterations)
     regulariser = _table_regulariser(regulariser, register_kwargs.get("objective"))
-    config = SweepConfig(iterations=tuple(iterations), regulariser=regulariser, prealign=prealign, device=device,
-                         register_kwargs=dict(register_kwargs), voxelmorph_prealign=voxelmorph_prealign,
-                         elastix=elastix_config(dict(elastix_kwargs or {})))
-    index, count = resolve_shard(shard)
-    base = Path(results_path) if results_path is not None else Path(workspace) / "results" / "sweep.csv"
-    path = shard_path(base, index, count)
+    config = SweepConfig(iterations=tuple(iterations), regulariser=regulariser, prealign=prealign,
+                         device=settings.get("device"), register_kwargs=dict(register_kwargs),
+                         voxelmorph_prealign=settings.get("voxelmorph_prealign"),
+                         elastix=elastix_config(dict(settings.get("elastix_kwargs") or {})))
+    index, count = resolve_shard(output.shard)
+    path = shard_path(output.table_path(), index, count)
 
     ensure_writable(path.parent, f"the sweep table {path.name}")  # before any registration runs
     grid = sweep_grid(pairs, methods, seeds, config, folds)
     mine = shard_cells(grid, index, count)
-    table = load_results(path) if resume and path.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
+    table = load_results(path) if output.resume and path.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
     _check_fingerprints(table, mine, path)
     grid_hash = fingerprint({"cells": [[*c.key, c.fingerprint] for c in grid], "iterations": iterations})
     write_grid(path, [(c.key, c.fingerprint) for c in mine], iterations, (index, count), grid_hash)

@@ -30,10 +30,7 @@ with ``h = x``, ``dh_j = e_j``, ``d2h_jk = 0`` at the input, and the linear outp
 ``j <= k`` (:data:`PAIRS`) are carried: 1 + 3 + 6 = 10 rows instead of the 1 + 3 + 9 (+ the 4x
 redundant work) of double backward.
 
-Optional speed knobs of the forward path (keyword-only, defaults are exact fp32/fp64):
-``chunk`` (points per chunk of the hand-written passes) and ``bf16`` (bfloat16 matmuls:
-~1.3-1.7x faster on CPUs with AVX-512 BF16, but det J errors up to ~1e-2 and Hessian errors
-up to ~0.1 relative: opt-in only, validate on landmark TRE before relying on it).
+The forward path takes ``chunk`` (keyword-only): the points per chunk of the hand-written passes.
 """
 
 from __future__ import annotations
@@ -52,10 +49,6 @@ __all__ = [
     "hessian",
     "jacobian_autograd",
     "hessian_autograd",
-    "jacobian_forward",
-    "hessian_forward",
-    "jacobian_forward_autograd",
-    "hessian_forward_autograd",
     "jet_matmul_flops",
     "PAIRS",
     "METHODS",
@@ -218,16 +211,8 @@ def _scaled_layers(params: Sequence[Tensor], omega: float) -> tuple[list[float],
     return scales, ws, bs
 
 
-def _matmul(a: Tensor, b: Tensor, bf16: bool, out: Tensor | None = None) -> Tensor:
-    """``a @ b`` (2-D), in bfloat16 if ``bf16`` (result in ``a``'s dtype), into ``out`` if given."""
-    if bf16:
-        result = (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(a.dtype)
-        return result if out is None else out.copy_(result)
-    return a @ b if out is None else torch.mm(a, b, out=out)
-
-
 def _chunk_forward(
-    x: Tensor, ws: list[Tensor], bs: list[Tensor], order: int, bf16: bool, out: Tensor,
+    x: Tensor, ws: list[Tensor], bs: list[Tensor], order: int, out: Tensor,
     buffers: list[Tensor] | None = None,
 ) -> list[Tensor]:
     """Forward of the jet network on one chunk of points ``x`` (c, 3); writes the output jet to
@@ -251,7 +236,7 @@ def _chunk_forward(
     for i in range(1, n_lin):
         a = acts[i - 1]
         target = pres[i - 1] if i < n_lin - 1 else out
-        _matmul(a.view(-1, a.shape[-1]), ws[i].t(), bf16, out=target.view(-1, target.shape[-1]))  # W' (h, dh_j, d2h_p)
+        torch.mm(a.view(-1, a.shape[-1]), ws[i].t(), out=target.view(-1, target.shape[-1]))  # W' (h, dh_j, d2h_p)
         target[:, 0] += bs[i]
         if i < n_lin - 1:
             d2z = target[:, 4:] if order == 2 else None
@@ -260,7 +245,7 @@ def _chunk_forward(
 
 
 def _chunk_backward(
-    grad_out: Tensor, x: Tensor, ws: list[Tensor], saved: list[Tensor], order: int, bf16: bool,
+    grad_out: Tensor, x: Tensor, ws: list[Tensor], saved: list[Tensor], order: int,
     g_ws: list[Tensor], g_bs: list[Tensor], scratch: list[Tensor] | None = None,
 ) -> Tensor:
     """Backward of :func:`_chunk_forward` on one chunk: adds the chunk's contribution to the
@@ -281,16 +266,13 @@ def _chunk_backward(
     for i in range(n_lin - 1, 0, -1):
         a = acts[i - 1]
         a_flat, g_flat = a.view(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
-        if bf16:
-            g_ws[i] += _matmul(g_flat.t(), a_flat, True)
-        else:
-            g_ws[i].addmm_(g_flat.t(), a_flat)
+        g_ws[i].addmm_(g_flat.t(), a_flat)
         g_bs[i] += g[:, 0].sum(dim=0)
         if scratch is not None and scratch[0].shape[1:] == a.shape[1:]:
             buf_a, buf_pre = scratch[0][:a.shape[0]], scratch[1][:a.shape[0]]
         else:
             buf_a, buf_pre = torch.empty_like(a), None
-        g_a = _matmul(g_flat, ws[i], bf16, out=buf_a.view(-1, a.shape[-1])).view(a.shape)  # gradient w.r.t. A_i
+        g_a = torch.mm(g_flat, ws[i], out=buf_a.view(-1, a.shape[-1])).view(a.shape)  # gradient w.r.t. A_i
         if i >= 2:                                                          # pre-activation jet of layer i - 1
             pre = pres[i - 2]
             dz, d2z = pre[:, 1:4], (pre[:, 4:] if order == 2 else None)
@@ -311,25 +293,25 @@ def _chunks(npts: int, chunk: int) -> list[slice]:
 class _SirenJet(torch.autograd.Function):
     """Output jet (N, rows, 3) of the SIREN at points x (N, 3), with a hand-written backward.
 
-    Inputs ``x, omega, order, chunk, bf16, *params``. Forward and backward run ``chunk``
+    Inputs ``x, omega, order, chunk, *params``. Forward and backward run ``chunk``
     points at a time (:func:`_chunk_forward`, :func:`_chunk_backward`); the weight gradients
     are accumulated over the chunks, then ``g_W = omega g_W'``, ``g_b = omega g_b'`` for the
     omega-scaled hidden layers.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, omega: float, order: int, chunk: int, bf16: bool, *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, omega: float, order: int, chunk: int, *params: Tensor) -> Tensor:  # type: ignore[override]
         scales, ws, bs = _scaled_layers(params, omega)
         out = x.new_empty(x.shape[0], _rows(order), ws[-1].shape[0])
-        saved = [t for sl in _chunks(x.shape[0], chunk) for t in _chunk_forward(x[sl], ws, bs, order, bf16, out[sl])]
+        saved = [t for sl in _chunks(x.shape[0], chunk) for t in _chunk_forward(x[sl], ws, bs, order, out[sl])]
         ctx.save_for_backward(x, *ws, *saved)
-        ctx.meta = (scales, order, chunk, bf16)
+        ctx.meta = (scales, order, chunk)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        scales, order, chunk, bf16 = ctx.meta
+        scales, order, chunk = ctx.meta
         n_lin = len(scales)
         x, *rest = ctx.saved_tensors
         ws, saved = rest[:n_lin], rest[n_lin:]
@@ -342,28 +324,28 @@ class _SirenJet(torch.autograd.Function):
         scratch = [torch.empty_like(first_act), torch.empty_like(first_act)]
         for k, sl in enumerate(_chunks(x.shape[0], chunk)):
             chunk_saved = saved[k * per_chunk:(k + 1) * per_chunk]
-            g_x[sl] = _chunk_backward(grad_out[sl], x[sl], ws, chunk_saved, order, bf16, g_ws, g_bs, scratch)
+            g_x[sl] = _chunk_backward(grad_out[sl], x[sl], ws, chunk_saved, order, g_ws, g_bs, scratch)
         grads: list[Tensor] = []
         for g_w, g_b, scale in zip(g_ws, g_bs, scales):
             grads += [g_w.mul_(scale), g_b.mul_(scale)] if scale != 1.0 else [g_w, g_b]
-        return (g_x if ctx.needs_input_grad[0] else None, None, None, None, None, *grads)
+        return (g_x if ctx.needs_input_grad[0] else None, None, None, None, *grads)
 
 
-def _jet_fast(params: Params, x: Tensor, omega: float, order: int, chunk: int | None, bf16: bool) -> Tensor:
+def _jet_fast(params: Params, x: Tensor, omega: float, order: int, chunk: int | None) -> Tensor:
     if chunk is None:
         chunk = DEFAULT_CHUNK if x.device.type == "cpu" else max(1, x.shape[0])
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of points, got {chunk}")
     x = x.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        return _SirenJet.apply(x, float(omega), order, int(chunk), bool(bf16), *params)
+        return _SirenJet.apply(x, float(omega), order, int(chunk), *params)
     with torch.no_grad():                                                   # inference: O(chunk) memory
         _, ws, bs = _scaled_layers(params, omega)
         out = x.new_empty(x.shape[0], _rows(order), ws[-1].shape[0])
         buffers = None
         for sl in _chunks(x.shape[0], chunk):
             reuse = buffers if buffers is not None and sl.stop - sl.start == chunk else None
-            buffers = _chunk_forward(x[sl], ws, bs, order, bf16, out[sl], reuse)
+            buffers = _chunk_forward(x[sl], ws, bs, order, out[sl], reuse)
         return out
 
 
@@ -385,30 +367,6 @@ def _split_hessian(out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return v, jac, hess
 
 
-def jacobian_forward(
-    params: Params, x: Tensor, omega: float = 30.0, *, chunk: int | None = None, bf16: bool = False
-) -> tuple[Tensor, Tensor]:
-    """``(v, J)`` by forward-mode tangents with the hand-written chunked backward."""
-    return _split_jacobian(_jet_fast(params, x, omega, 1, chunk, bf16))
-
-
-def hessian_forward(
-    params: Params, x: Tensor, omega: float = 30.0, *, chunk: int | None = None, bf16: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(v, J, H)`` by forward-mode second-order tangents with the hand-written chunked backward."""
-    return _split_hessian(_jet_fast(params, x, omega, 2, chunk, bf16))
-
-
-def jacobian_forward_autograd(params: Params, x: Tensor, omega: float = 30.0) -> tuple[Tensor, Tensor]:
-    """``(v, J)`` by forward-mode tangents, backward by autograd (any-order differentiable)."""
-    return _split_jacobian(_jet_autograd(params, x, omega, 1))
-
-
-def hessian_forward_autograd(params: Params, x: Tensor, omega: float = 30.0) -> tuple[Tensor, Tensor, Tensor]:
-    """``(v, J, H)`` by second-order tangents, backward by autograd (any-order differentiable)."""
-    return _split_hessian(_jet_autograd(params, x, omega, 2))
-
-
 # --------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------
@@ -425,17 +383,17 @@ def displacement(
     """``v`` (N, 3), INR units: the SIREN itself (no derivatives). ``"forward"`` runs the
     chunked hand-written pass with omega folded into the weights (the cycle term's second
     network evaluation: ~2x faster than autograd through :func:`reindir_nb.inr.siren` on a CPU);
-    the other methods use :func:`reindir_nb.inr.siren`. Always fp32/fp64 (no bf16)."""
+    the other methods use :func:`reindir_nb.inr.siren`."""
     check_method(method)
     if method == "forward":
-        return _jet_fast(params, x, omega, 0, chunk, False)[:, 0]
+        return _jet_fast(params, x, omega, 0, chunk)[:, 0]
     return siren(params, x, omega)
 
 
-def _dispatch(order: int, params: Params, x: Tensor, omega: float, method: str, chunk: int | None, bf16: bool):
+def _dispatch(order: int, params: Params, x: Tensor, omega: float, method: str, chunk: int | None):
     check_method(method)
     if method == "forward":
-        out = _jet_fast(params, x, omega, order, chunk, bf16)
+        out = _jet_fast(params, x, omega, order, chunk)
     elif method == "forward-autograd":
         out = _jet_autograd(params, x, omega, order)
     else:
@@ -444,20 +402,20 @@ def _dispatch(order: int, params: Params, x: Tensor, omega: float, method: str, 
 
 
 def jacobian(
-    params: Params, x: Tensor, omega: float = 30.0, method: str = "forward", *, chunk: int | None = None, bf16: bool = False
+    params: Params, x: Tensor, omega: float = 30.0, method: str = "forward", *, chunk: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """``(v, J)``: displacement (N, 3) and ``J[n, i, j] = dv_i/dx_j`` (N, 3, 3), INR units.
 
-    ``chunk`` and ``bf16`` tune the ``"forward"`` path only (see the module docstring).
+    ``chunk`` tunes the ``"forward"`` path only (see the module docstring).
     """
-    return _dispatch(1, params, x, omega, method, chunk, bf16)
+    return _dispatch(1, params, x, omega, method, chunk)
 
 
 def hessian(
-    params: Params, x: Tensor, omega: float = 30.0, method: str = "forward", *, chunk: int | None = None, bf16: bool = False
+    params: Params, x: Tensor, omega: float = 30.0, method: str = "forward", *, chunk: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(v, J, H)`` with ``H[n, i, j, k] = d^2 v_i / dx_j dx_k`` (N, 3, 3, 3), INR units."""
-    return _dispatch(2, params, x, omega, method, chunk, bf16)
+    return _dispatch(2, params, x, omega, method, chunk)
 
 
 def jet_matmul_flops(points: int, sizes: tuple[int, ...] = (3, 256, 256, 256, 3), order: int = 0, backward: bool = True) -> float:

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.checks import require_int
+from ..core.files import atomic_path
 from ..core.geometry import Grid
-from ..data.io import atomic_path, write_image
+from ..data.images import write_image
 
 __all__ = ["write_itk_displacement", "read_itk_displacement_transform", "write_learn2reg_displacement",
            "read_learn2reg_displacement", "learn2reg_displacement", "refine_grid"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -58,9 +57,6 @@ class RunVolumes:
     def _check_kind(kind: str) -> None:
         if kind not in RunVolumes.KINDS:
             raise ValueError(f"unknown run volume {kind!r}; choose one of {RunVolumes.KINDS}")
-
-    def has_volume(self, kind: str, iteration: int | None = None) -> bool:
-        return (kind, self._it(iteration)) in self._volumes
 
     def volume(self, kind: str, iteration: int | None = None) -> np.ndarray:
         """The full volume of ``kind`` at ``iteration`` (None/-1 = final), computed once."""
@@ -131,13 +127,3 @@ class RunVolumes:
     def errors(self, iteration: int | None = None) -> np.ndarray:
         """Per-landmark error (mm) at ``iteration``: ``|| predicted - moving landmark ||``."""
         return np.linalg.norm(self.predicted(iteration) - self.run.pair.moving_landmarks, axis=1)
-
-    def precompute(self, kinds: Sequence[str] = KINDS, iterations: Sequence[int] | None = None,
-                   progress: bool = True) -> None:
-        """Fill the cache (e.g. before a demo) for ``kinds`` x ``iterations`` (default: final)."""
-        from tqdm.auto import tqdm
-
-        its = [self.final] if iterations is None else list(iterations)
-        jobs = [(k, i) for i in its for k in kinds]
-        for kind, it in tqdm(jobs, desc="explorer volumes", disable=not progress, leave=False):
-            self.volume(kind, it)

@@ -116,17 +116,9 @@ class SliceScrubber:
         self.update()
 
     # -------------------------------------------------------------- state
-    @property
-    def axis(self) -> str:
-        return self.axis_w.value
-
-    @property
-    def index(self) -> int:
-        return int(self.slice_w.value)
-
-    @property
-    def layer(self) -> str:
-        return self.layer_w.value
+    axis = property(lambda self: self.axis_w.value, doc="The slicing axis shown (one of ``AXES``).")
+    index = property(lambda self: int(self.slice_w.value), doc="The index of the slice shown (voxels).")
+    layer = property(lambda self: self.layer_w.value, doc="The layer shown (one of ``LAYERS``).")
 
     @property
     def aspect(self) -> float:
