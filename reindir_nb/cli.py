@@ -76,12 +76,18 @@ def _positive_mm(text: str) -> float:
     return _parsed(text, float, "a number of mm", lambda v: math.isfinite(v) and v > 0, "a positive number of mm")
 
 
+def _positive_int(text: str) -> int:
+    return _parsed(text, int, "a whole number", lambda v: v >= 1, ">= 1")
+
+
 def _finite(text: str) -> float:
     return _parsed(text, float, "a number", math.isfinite, "finite")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``reindir-nb`` argument parser (one subparser per command)."""
+    from .inr.convergence import Convergence
+
     parser = argparse.ArgumentParser(
         prog=PROG, description="INR deformable registration of lung CT (ccIDIR, Reptile, REINDIR).",
         epilog="Conventions and output files: docs/cli.md.")
@@ -111,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "identity map, faster to a given TRE), 'random' (the published Sitzmann start) or a "
                           "Reptile template / REINDIR model saved by reindir_nb (default identity)")
     reg.add_argument("--iterations", type=_nonnegative_int, metavar="N",
-                     help="optimisation steps (default: the profile's; 0 = the initialisation only)")
+                     help="the most optimisation steps (default: the profile's; 0 = the initialisation only); "
+                          "the run stops before when the map has converged (see --stop-tolerance)")
+    reg.add_argument("--stop-tolerance", type=_positive_mm, default=Convergence.tolerance_mm, metavar="MM",
+                     help="stop when the 95th percentile of how far the map moved probe points over the last "
+                          f"{Convergence.window} steps stays below MM (default {Convergence.tolerance_mm:g})")
+    reg.add_argument("--no-stop", action="store_true", help="run every one of --iterations steps (no convergence stop)")
+    reg.add_argument("--record-every", type=_positive_int, metavar="N",
+                     help="steps between the rows of history.csv (default: the profile's)")
     reg.add_argument("--spacing", type=_positive_mm, metavar="MM",
                      help="isotropic spacing of the images the INRs register, in mm (default: the images' own "
                           "resolution); the REINDIR encoder always sees the profile's patch")
@@ -129,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--seed", type=_nonnegative_int, default=0, metavar="S", help="random seed (default 0)")
     reg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto = cuda when available, else cpu (default auto)")
+    reg.add_argument("--outputs", nargs="+", choices=tuple(OUTPUT_FILES), default=list(OUTPUT_FILES), metavar="NAME",
+                     help="the files to write (report.json always): " + ", ".join(OUTPUT_FILES) + " (default: all)")
     reg.add_argument("--quiet", action="store_true", help="no progress bar, no messages (errors only)")
     reg.set_defaults(handler=_register_command)
     return parser
@@ -278,38 +293,37 @@ def _tre_block(pair, run, field_map, estimate: str) -> dict:
 
 
 def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run, grid) -> dict:
-    """Every output file into the (temporary) folder ``tmp``; returns the report's file and result parts."""
+    """The output files ``args.outputs`` into the (temporary) folder ``tmp``; returns the report's
+    file and result parts. The networks are evaluated once per output-grid point
+    (:meth:`~reindir_nb.inr.registration.RegistrationRun.sample`: the map, det J and the
+    uncertainty together); the Learn2Reg field and the warped image follow from the ITK field
+    by one vectorised resample each."""
     from .core.metrics import deformation_statistics
     from .core.files import atomic_path
+    from .core.volume import Volume
     from .data.images import write_image
     from .data.points import write_elastix_points
     from .data.preprocess import resample_to_grid
-    from .inr.export import read_learn2reg_displacement, write_learn2reg_displacement
+    from .inr.export import learn2reg_from_field, save_learn2reg_array
 
+    wanted = set(args.outputs)
     files = {}
 
     def image(key: str, volume, dtype) -> None:
-        write_image(volume.with_array(np.asarray(volume.array, dtype=dtype)), tmp / OUTPUT_FILES[key])
-        files[key] = OUTPUT_FILES[key]
+        if key in wanted:
+            write_image(volume.with_array(np.asarray(volume.array, dtype=dtype)), tmp / OUTPUT_FILES[key])
+            files[key] = OUTPUT_FILES[key]
 
-    _say(args, f"writing the displacement field ({args.estimate} estimate) on the output grid "
-               f"({grid.spacing[0]:g} mm over the fixed lung box)")
-    # what inr.export.write_itk_displacement writes, computed once and reused below
-    disp = run.displacement(estimate=args.estimate, grid=grid)
-    image("displacement_itk", disp, np.float64)
-    field_map = _FieldMap(disp, run.prealign_matrix, pair)
-
-    _say(args, "writing the Learn2Reg displacement and the warped moving image on FIXED's grid")
-    written = write_learn2reg_displacement(field_map, tmp, 0, 1, estimate=args.estimate)
-    os.replace(written, tmp / OUTPUT_FILES["displacement_learn2reg"])
-    files["displacement_learn2reg"] = OUTPUT_FILES["displacement_learn2reg"]
-    image("warped_moving", _warped_moving(pair, read_learn2reg_displacement(tmp / OUTPUT_FILES["displacement_learn2reg"])),
-          np.float32)
-
-    _say(args, "writing det J and the uncertainty map")
-    det = run.jacobian_determinant(grid=grid)
+    _say(args, f"evaluating the map on the output grid ({grid.spacing[0]:g} mm over the fixed lung box)")
+    points = grid.voxel_centres_world().reshape(-1, 3)
+    sample = run.sample(points, backward=args.estimate == "cycle" or "uncertainty" in wanted, det=True)
+    disp = Volume((sample.moved(args.estimate) - points).reshape(*grid.shape, 3), grid, "displacement (mm)")
+    image("displacement_itk", disp, np.float64)  # what SimpleITK's DisplacementFieldTransform takes as it is
+    det = Volume(sample.det.reshape(grid.shape), grid, "det J")
     image("jacobian_determinant", det, np.float32)
-    image("uncertainty", run.uncertainty(grid=grid), np.float32)
+    if "uncertainty" in wanted:
+        image("uncertainty", Volume(sample.uncertainty_mm.reshape(grid.shape), grid, "cycle uncertainty (mm)"),
+              np.float32)
     mask = resample_to_grid(prepared.fixed_mask.with_array(prepared.fixed_mask.array.astype(np.float32)), grid,
                             order=1, default=0.0)
     mask = mask.with_array(mask.array >= 0.5)
@@ -318,14 +332,25 @@ def _write_outputs(tmp: Path, args: argparse.Namespace, pair, prepared, run, gri
     deformation = {"folding_fraction": stats["pct_folded"] / 100.0, "pct_folded": stats["pct_folded"],
                    "std_log_jacobian": stats["std_log_jac"], "where": "inside the fixed lung mask, output grid"}
 
+    if wanted & {"displacement_learn2reg", "warped_moving"}:
+        _say(args, "the Learn2Reg displacement and the warped moving image on FIXED's grid")
+        learn2reg = learn2reg_from_field(disp, run.prealign_matrix, pair.fixed.grid, pair.moving.grid)
+        if "displacement_learn2reg" in wanted:
+            save_learn2reg_array(learn2reg, pair.fixed.grid, tmp / OUTPUT_FILES["displacement_learn2reg"],
+                                 compression_level=1)
+            files["displacement_learn2reg"] = OUTPUT_FILES["displacement_learn2reg"]
+        image("warped_moving", _warped_moving(pair, learn2reg), np.float32)
+
     landmarks = None
     if pair.has_landmarks:
-        landmarks, predicted = _tre_block(pair, run, field_map, args.estimate)
-        write_elastix_points(predicted, tmp / OUTPUT_FILES["predicted_landmarks"])
-        files["predicted_landmarks"] = OUTPUT_FILES["predicted_landmarks"]
-    with atomic_path(tmp / OUTPUT_FILES["history"]) as path:
-        run.history.to_csv(path, index=False)
-    files["history"] = OUTPUT_FILES["history"]
+        landmarks, predicted = _tre_block(pair, run, _FieldMap(disp, run.prealign_matrix, pair), args.estimate)
+        if "predicted_landmarks" in wanted:
+            write_elastix_points(predicted, tmp / OUTPUT_FILES["predicted_landmarks"])
+            files["predicted_landmarks"] = OUTPUT_FILES["predicted_landmarks"]
+    if "history" in wanted:
+        with atomic_path(tmp / OUTPUT_FILES["history"]) as path:
+            run.history.to_csv(path, index=False)
+        files["history"] = OUTPUT_FILES["history"]
     return {"files": files, "deformation": deformation, "landmarks": landmarks,
             "registration_grid": _grid_info(disp.grid)}
 
@@ -344,7 +369,8 @@ def _register_command(args: argparse.Namespace) -> int:
     from .core.profiles import get_profile
     from .data.datasets import load_generic_pair
     from .data.preprocess import isotropic_grid, prepare_fine
-    from .inr.registration import RANDOM_INITS
+    from .inr.convergence import Convergence
+    from .inr.registration import RANDOM_INITS, RegisterSettings
 
     timings: dict[str, float] = {}
     try:
@@ -385,9 +411,11 @@ def _register_command(args: argparse.Namespace) -> int:
     prealign_kind = "none" if matrix is None else ("affine" if args.prealign == "auto" else args.prealign)
 
     t = time.perf_counter()
+    stop = None if args.no_stop else Convergence(tolerance_mm=args.stop_tolerance)
     run = rn.register(prepared, init=init, iterations=args.iterations, seed=args.seed, device=device,
                       prealign="none" if matrix is None else np.asarray(matrix, dtype=np.float64),
-                      profile=profile, progress=not args.quiet)
+                      settings=RegisterSettings(profile=profile.name, stop=stop, record_every=args.record_every),
+                      progress=not args.quiet)
     if device.type == "cuda":
         torch.cuda.synchronize()
     timings["register_seconds"] = time.perf_counter() - t
@@ -439,8 +467,12 @@ def _summary(args: argparse.Namespace, report: dict) -> None:
     lm = report["landmarks"]
     tre = (f"TRE {lm['initial']['mean']:.2f} -> {lm['final_cycle']['mean']:.2f} mm (cycle), "
            f"{lm['final_forward']['mean']:.2f} mm (forward); " if lm else "")
-    print(f"{PROG}: {tre}folding {report['deformation']['pct_folded']:.3f} %; {report['iterations']} steps, "
-          f"{report['timings']['total_seconds']:.1f} s in all; outputs in {args.out}"
+    stopped = report["run_settings"]["stopped"]
+    why = {"converged": f"converged (map change {stopped.get('map_change_mm', float('nan')):.3f} mm < "
+                        f"{stopped.get('tolerance_mm', float('nan')):g} mm)",
+           "iterations": "the --iterations maximum", "diverged": "diverged"}[stopped["reason"]]
+    print(f"{PROG}: {tre}folding {report['deformation']['pct_folded']:.3f} %; stopped after {report['iterations']} "
+          f"steps: {why}; {report['timings']['total_seconds']:.1f} s in all; outputs in {args.out}"
           + (" (DIVERGED: see report.json)" if report["diverged"] else ""))
 
 

@@ -257,3 +257,15 @@ def test_console_script_and_module_entry_points(tmp_path):
     if not script.exists():
         pytest.skip("the console script is not installed (pip install -e .)")
     assert "from reindir_nb.cli import main" in script.read_text()
+
+
+def test_outputs_choose_the_files_and_the_summary_says_why_the_run_stopped(tmp_path, capsys):
+    out = tmp_path / "some"
+    argv = [a for a in _with_landmarks(out, "--iterations", "3", "--outputs", "displacement_itk", "history")
+            if a != "--quiet"]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["displacement_itk.nii.gz", "history.csv", "report.json"]
+    assert set(report["files"]) == {"displacement_itk", "history"} and report["landmarks"]["count"] == 51
+    assert report["run_settings"]["stopped"] == {"reason": "iterations", "iteration": 3}
+    assert "stopped after 3 steps: the --iterations maximum" in capsys.readouterr().out

@@ -100,3 +100,28 @@ def test_bad_files(tmp_path):
         export.read_learn2reg_displacement(scalar)
     with pytest.raises(ValueError, match="refine"):
         export.refine_grid(Grid((4, 4, 4)), 0)
+
+
+def test_learn2reg_from_an_itk_field_equals_mapping_each_voxel():
+    """The vectorised Learn2Reg array of a displacement field equals mapping every fixed voxel
+    centre through the field (trilinear inside its grid, the pre-alignment outside) one by one."""
+    from reindir_nb.core.geometry import Grid, apply_affine
+    from reindir_nb.core.volume import Volume
+    from reindir_nb.inr.export import learn2reg_from_field
+
+    rng = np.random.default_rng(0)
+    fixed = Grid((6, 7, 8), (2.0, 2.5, 3.0), (-10.0, 5.0, 2.0))
+    moving = Grid((9, 8, 7), (1.5, 2.0, 2.5), (-12.0, 3.0, 0.0))
+    field_grid = Grid((4, 4, 5), (4.0, 4.0, 4.0), (-6.0, 9.0, 6.0))  # covers part of the fixed image
+    field = Volume(rng.normal(0, 2, (*field_grid.shape, 3)).astype(np.float32), field_grid)
+    pre = np.eye(4)
+    pre[:3, 3] = (1.0, -2.0, 0.5)
+    got = learn2reg_from_field(field, pre, fixed, moving)
+    centres = fixed.voxel_centres_world().reshape(-1, 3)
+    disp = field.sample_world(centres, order=1, cval=np.nan)
+    inside = np.all(np.isfinite(disp), axis=1)
+    assert 0 < inside.sum() < len(inside)  # both cases are exercised
+    moved = np.where(inside[:, None], centres + np.nan_to_num(disp), apply_affine(pre, centres))
+    want = (moving.world_to_index(moved) - fixed.world_to_index(centres)).reshape(*fixed.shape, 3).transpose(2, 1, 0, 3)
+    assert got.shape == (8, 7, 6, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-4)

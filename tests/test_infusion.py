@@ -83,22 +83,3 @@ def test_heads_keep_nn_module_apply():
     seen = []
     heads.apply(lambda m: seen.append(type(m).__name__))
     assert "Linear" in seen and seen[-1] == "InfusionHeads"
-
-
-def test_output_shift_translates_the_displacement_everywhere():
-    """The output-shift head adds its 3-vector to v(x) at every x (a global translation), leaves
-    the hidden layers alone, starts at zero (== template), and is saved and loaded with the model."""
-    fwd, bwd = init_siren(generator=make_generator(4)), init_siren(generator=make_generator(5))
-    heads = InfusionHeads(33, output_shift=True)
-    e = torch.randn(33, generator=torch.Generator().manual_seed(0))
-    x = torch.rand(50, 3) * 2 - 1
-    f0, _ = heads.infuse(e, fwd, bwd)
-    assert torch.equal(siren(f0, x), siren(fwd, x))
-    c = torch.tensor([0.01, -0.02, 0.03])
-    with torch.no_grad():
-        heads.shift["forwardout"].bias.copy_(c)
-    f1, b1 = heads.infuse(e, fwd, bwd)
-    torch.testing.assert_close(siren(f1, x) - siren(fwd, x), c.expand(50, 3), rtol=0, atol=1e-6)
-    assert torch.equal(siren(b1, x), siren(bwd, x))
-    assert f1[-2] is fwd[-2] and all(torch.equal(a, b) for a, b in zip(f1[:-1], fwd[:-1]))  # only the output bias moved
-    assert InfusionHeads(33).modulations(e)["forward"][2] is None

@@ -11,11 +11,13 @@ import numpy as np
 
 from ..core.checks import require_int
 from ..core.files import atomic_path
-from ..core.geometry import Grid
+from ..core.geometry import Grid, compose_affine, invert_affine
+from ..core.volume import Volume
 from ..data.images import write_image
 
 __all__ = ["write_itk_displacement", "read_itk_displacement_transform", "write_learn2reg_displacement",
-           "read_learn2reg_displacement", "learn2reg_displacement", "refine_grid"]
+           "read_learn2reg_displacement", "learn2reg_displacement", "learn2reg_from_field", "save_learn2reg_array",
+           "refine_grid"]
 
 
 def write_itk_displacement(run, path: str | Path, estimate: str = "forward", grid: Grid | None = None) -> Path:
@@ -65,6 +67,54 @@ def learn2reg_displacement(run, estimate: str = "forward") -> np.ndarray:
     return np.ascontiguousarray(vox.reshape(*fixed_grid.shape, 3).transpose(2, 1, 0, 3), dtype=np.float32)
 
 
+def _affine32(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A 4x4 affine applied to float32 points (N, 3), in float32 (no copy to float64)."""
+    m = np.asarray(matrix, dtype=np.float32)
+    return points @ m[:3, :3].T + m[:3, 3]
+
+
+def learn2reg_from_field(displacement: Volume, prealign_matrix: np.ndarray, fixed_grid: Grid,
+                         moving_grid: Grid) -> np.ndarray:
+    """The Learn2Reg array (as :func:`learn2reg_displacement`, float32 voxels, ``(X, Y, Z, 3)``) of
+    the map an ITK displacement field describes: a fixed voxel centre ``p`` goes to ``p + u(p)``
+    with ``u`` the trilinear interpolation of ``displacement`` (world mm vectors) where ``p`` lies
+    inside its grid, else to the pre-alignment ``prealign_matrix @ p`` alone. One vectorised pass
+    in float32 (index arithmetic as affine maps, one resample per component)."""
+    from scipy.ndimage import map_coordinates
+
+    index = np.indices(fixed_grid.shape[::-1], dtype=np.float32).reshape(3, -1).T  # (N, 3) x, y, z; x slowest
+    to_world = fixed_grid.index_to_world_matrix()
+    to_field = compose_affine(invert_affine(displacement.grid.index_to_world_matrix()), to_world)
+    field_index = _affine32(to_field, index)[:, ::-1].T  # (z, y, x) rows
+    values = np.asarray(displacement.array, dtype=np.float32)
+    disp = np.stack([map_coordinates(values[..., c], field_index, order=1, mode="constant", cval=np.nan)
+                     for c in range(3)], axis=1)
+    inside = np.all(np.isfinite(disp), axis=1)
+    world = _affine32(to_world, index)
+    moved = np.where(inside[:, None], world + np.nan_to_num(disp), _affine32(prealign_matrix, world))
+    vox = _affine32(invert_affine(moving_grid.index_to_world_matrix()), moved) - index
+    return np.ascontiguousarray(vox.reshape(*fixed_grid.shape[::-1], 3), dtype=np.float32)
+
+
+def save_learn2reg_array(disp: np.ndarray, grid: Grid, path: str | Path, compression_level: int = -1) -> Path:
+    """Write a Learn2Reg ``(X, Y, Z, 3)`` voxel array on the fixed ``grid`` as the challenge reads
+    it (see :func:`write_learn2reg_displacement`), atomically; ``compression_level`` 1 is the
+    fastest gzip (-1: the library's default)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(disp.transpose(3, 2, 1, 0)), isVector=False)  # (3, Z, Y, X)
+    direction = np.eye(4)
+    direction[:3, :3] = grid.direction
+    image.SetSpacing((*grid.spacing, 1.0))
+    image.SetOrigin((*grid.origin, 0.0))
+    image.SetDirection(direction.ravel().tolist())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True, compression_level)
+    return path
+
+
 def write_learn2reg_displacement(run, folder: str | Path, fixed_id: int, moving_id: int, estimate: str = "forward") -> Path:
     """Learn2Reg submission file ``folder/disp_{fixed:04d}_{moving:04d}.nii.gz``.
 
@@ -75,21 +125,9 @@ def write_learn2reg_displacement(run, folder: str | Path, fixed_id: int, moving_
     measures TRE as ``(k + disp(k) - k_moving) * spacing``. The header carries the fixed grid's
     spacing/origin/direction (4th axis: unit spacing). Written atomically.
     """
-    import SimpleITK as sitk
-
     disp = learn2reg_displacement(run, estimate)  # (X, Y, Z, 3)
-    grid = run.pair.fixed.grid
-    image = sitk.GetImageFromArray(np.ascontiguousarray(disp.transpose(3, 2, 1, 0)), isVector=False)  # (3, Z, Y, X)
-    direction = np.eye(4)
-    direction[:3, :3] = grid.direction
-    image.SetSpacing((*grid.spacing, 1.0))
-    image.SetOrigin((*grid.origin, 0.0))
-    image.SetDirection(direction.ravel().tolist())
-    path = Path(folder) / f"disp_{int(fixed_id):04d}_{int(moving_id):04d}.nii.gz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
-    return path
+    return save_learn2reg_array(disp, run.pair.fixed.grid,
+                                Path(folder) / f"disp_{int(fixed_id):04d}_{int(moving_id):04d}.nii.gz")
 
 
 def read_learn2reg_displacement(path: str | Path) -> np.ndarray:

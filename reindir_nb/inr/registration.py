@@ -33,6 +33,7 @@ from ..core.device import get_device, make_generator
 from ..core.geometry import Grid
 from ..core.metrics import deformation_statistics, target_registration_error
 from .network import Params, SirenConfig, clone_params, init_siren, siren
+from .convergence import Convergence, MapChange
 from .objective import Objective, Problem, apply_matrix
 from ..core.pair import Pair
 from ..core.points import as_points
@@ -41,7 +42,7 @@ from ..core.volume import Volume
 from ..data.prealign import resolve_prealign
 
 __all__ = [
-    "Initialiser", "RegistrationRun", "RegisterSettings", "register", "run_configuration", "RANDOM_INITS",
+    "Initialiser", "MapSample", "RegistrationRun", "RegisterSettings", "register", "run_configuration", "RANDOM_INITS",
 ]
 
 # The seeded starts ``register(init=...)`` draws itself: "random", the Sitzmann initialisation of
@@ -70,6 +71,35 @@ class Initialiser(Protocol):
     siren_config: SirenConfig
 
     def initial_params(self, problem: Problem) -> tuple[Params, Params]: ...
+
+
+@dataclass
+class MapSample:
+    """The fixed->moving map evaluated once at fixed world points (pre-alignment included): the
+    forward estimate phi_F(x), the backward network inverted at it (None when not asked for) and
+    det J of the whole map (None when not asked for). Every output file is read from one sample."""
+
+    points_mm: np.ndarray             # (N, 3) fixed world mm
+    forward_mm: np.ndarray            # (N, 3) moving world mm
+    backward_mm: np.ndarray | None    # (N, 3) moving world mm
+    det: np.ndarray | None            # (N,) unitless; <= 0: folding
+
+    def moved(self, estimate: str = "cycle") -> np.ndarray:
+        """Moving world points (N, 3) mm: ``"forward"`` phi_F(x), ``"cycle"`` the midpoint of the two."""
+        if estimate not in ("forward", "cycle"):
+            raise ValueError(f"estimate must be 'forward' or 'cycle', got {estimate!r}")
+        if estimate == "forward":
+            return self.forward_mm
+        if self.backward_mm is None:
+            raise ValueError("this sample was taken without the backward network: no cycle estimate")
+        return 0.5 * (self.forward_mm + self.backward_mm)
+
+    @property
+    def uncertainty_mm(self) -> np.ndarray:
+        """(N,) cycle uncertainty: distance between the forward and the inverted backward estimate."""
+        if self.backward_mm is None:
+            raise ValueError("this sample was taken without the backward network: no uncertainty")
+        return np.linalg.norm(self.forward_mm - self.backward_mm, axis=1)
 
 
 @dataclass
@@ -121,23 +151,44 @@ class RegistrationRun:
         return torch.as_tensor(x, dtype=self.problem.fixed.dtype, device=self.problem.device)
 
     @torch.no_grad()
-    def _estimates(self, x: Tensor, iteration: int | None, backward: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Forward estimate y_F = phi_F(x) and (``backward=True``) the inverted-backward estimate
-        y_B (one Newton step on phi_B(y) = x from y_F), both in moving INR coords, for fixed INR
-        points x (N, 3); evaluated in chunks of :data:`FIELD_CHUNK` points."""
+    def _estimates(self, x: Tensor, iteration: int | None, backward: bool = True,
+                   det: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """For fixed INR points x (N, 3), in chunks of :data:`FIELD_CHUNK` points and one network
+        pass each: the forward estimate y_F = phi_F(x), (``backward``) the inverted-backward
+        estimate y_B (one Newton step on phi_B(y) = x from y_F), both in moving INR coords, and
+        (``det``) det(I + dv_F/dx) of the forward network (INR units, pre-alignment excluded)."""
         fwd, bwd = self.params_at(iteration)
         omega = self.siren_config.omega
         eye = torch.eye(3, dtype=x.dtype, device=x.device)
-        out_f, out_b = [], []
+        out_f, out_b, out_det = [], [], []
         for xs in torch.split(x, FIELD_CHUNK):
-            y_f = apply_matrix(self.problem.f2m, xs + siren(fwd, xs, omega))
+            if det:
+                v_f, jac_f = derivatives.jacobian(fwd, xs, omega)
+                out_det.append(torch.linalg.det(eye + jac_f))
+            else:
+                v_f = siren(fwd, xs, omega)
+            y_f = apply_matrix(self.problem.f2m, xs + v_f)
             out_f.append(y_f)
             if backward:
                 v_b, jac_b = derivatives.jacobian(bwd, y_f, omega)
                 residual = apply_matrix(self.problem.m2f, y_f + v_b) - xs  # in fixed INR coords
                 jphi = self.problem.m2f[:3, :3] @ (eye + jac_b)  # d phi_B / d y
                 out_b.append(y_f - torch.linalg.solve(jphi, residual.unsqueeze(-1)).squeeze(-1))
-        return torch.cat(out_f), (torch.cat(out_b) if backward else None)
+        cat = (lambda parts: torch.cat(parts) if parts else None)
+        return torch.cat(out_f), cat(out_b), cat(out_det)
+
+    def sample(self, points_mm: np.ndarray, iteration: int | None = None, backward: bool = True,
+               det: bool = True) -> "MapSample":
+        """The map at fixed world points (N, 3) mm, each network evaluated once per point: what
+        every output (displacement, warp, det J, uncertainty) needs (:class:`MapSample`)."""
+        pts = as_points(points_mm, "points_mm")
+        y_f, y_b, dets = self._estimates(self._inr_points(pts), iteration, backward=backward, det=det)
+        return MapSample(pts, self._to_moving_mm(y_f), None if y_b is None else self._to_moving_mm(y_b),
+                         None if dets is None else dets.double().cpu().numpy() * self._prealign_det)
+
+    @property
+    def _prealign_det(self) -> float:
+        return float(np.linalg.det(self.prealign_matrix[:3, :3]))
 
     def _to_moving_mm(self, y: Tensor) -> np.ndarray:
         return self.problem.inr_to_world(y.double().cpu().numpy(), "moving")
@@ -151,14 +202,13 @@ class RegistrationRun:
         if estimate not in ("forward", "cycle"):
             raise ValueError(f"estimate must be 'forward' or 'cycle', got {estimate!r}")
         pts = as_points(points_mm, "points_mm")
-        y_f, y_b = self._estimates(self._inr_points(pts), iteration, backward=estimate == "cycle")
+        y_f, y_b, _ = self._estimates(self._inr_points(pts), iteration, backward=estimate == "cycle")
         return self._to_moving_mm(y_f if y_b is None else 0.5 * (y_f + y_b))
 
     def point_uncertainty(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
         """Cycle uncertainty (mm) at fixed world points: distance between the forward estimate and
         the inverted backward estimate."""
-        y_f, y_b = self._estimates(self._inr_points(as_points(points_mm, "points_mm")), iteration)
-        return np.linalg.norm(self._to_moving_mm(y_f) - self._to_moving_mm(y_b), axis=1)
+        return self.sample(points_mm, iteration, det=False).uncertainty_mm
 
     @property
     def tre_mm(self) -> np.ndarray:
@@ -219,7 +269,7 @@ class RegistrationRun:
         eye = torch.eye(3, dtype=x.dtype, device=x.device)
         dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1])
                 for xs in torch.split(x, FIELD_CHUNK)]
-        return torch.cat(dets).double().cpu().numpy() * float(np.linalg.det(self.prealign_matrix[:3, :3]))
+        return torch.cat(dets).double().cpu().numpy() * self._prealign_det
 
     def uncertainty(self, iteration: int | None = None, grid: Grid | None = None):
         """Cycle-uncertainty map (mm) on the fixed grid or ``grid``."""
@@ -295,7 +345,9 @@ class RegisterSettings:
     output layer). ``siren``: the networks of a seeded start (default ``SirenConfig()``; a learned
     start brings its own); ``output_scale=0`` starts at exactly zero displacement.
     ``record_every``: history interval (steps); ``snapshot_limit``: states kept for the iteration
-    scrubber; ``record_tre``: landmark TRE in the history."""
+    scrubber; ``record_tre``: landmark TRE in the history. ``stop``: a
+    :class:`~reindir_nb.inr.convergence.Convergence` rule ends the run before ``iterations``
+    (then a maximum) once the map has settled; None runs every step."""
 
     iterations: int | None = None
     points_per_step: int | None = None
@@ -308,6 +360,7 @@ class RegisterSettings:
     snapshot_limit: int = 40
     record_tre: bool = True
     profile: str | None = None
+    stop: Convergence | None = None
 
     def __post_init__(self) -> None:
         for name in ("iterations", "points_per_step", "record_every"):
@@ -322,6 +375,8 @@ class RegisterSettings:
             require_float(self.output_scale, "output_scale", minimum=0.0)
         if self.profile is not None:
             get_profile(self.profile)
+        if self.stop is not None and not isinstance(self.stop, Convergence):
+            raise TypeError(f"stop must be a Convergence rule or None, got {type(self.stop).__name__}")
 
     def for_pair(self, pair: Pair) -> "RegisterSettings":
         """A copy with the profile's values filled in for ``pair``."""
@@ -334,8 +389,11 @@ class RegisterSettings:
     def fingerprint(self, pair: Pair) -> dict:
         """The fields that determine a run's numbers for ``pair`` (not its length, recording or profile)."""
         done = self.for_pair(pair)
-        return {name: getattr(done, name) for name in
-                ("points_per_step", "lr", "lr_warmup", "safe_start", "siren", "output_scale")}
+        out = {name: getattr(done, name) for name in
+               ("points_per_step", "lr", "lr_warmup", "safe_start", "siren", "output_scale")}
+        if done.stop is not None:  # only when set: fingerprints of runs without it are unchanged
+            out["stop"] = done.stop
+        return out
 
 
 _OBJECTIVE_FIELDS = {f.name for f in fields(Objective)}
@@ -458,12 +516,16 @@ def register(
     rows: list[dict] = []
     elapsed = encoder_seconds
     previous: tuple[Params, Params, dict] | None = None  # the last finite state and its loss terms
+    change = None if settings.stop is None else MapChange(settings.stop, problem, config.omega, seed)
+    run.settings["stopped"] = {"reason": "iterations", "iteration": iterations}
     bar = tqdm(total=iterations, desc=f"ccIDIR {pair.name}", disable=not progress, leave=False)
 
     def record(it: int, terms: dict, diverged: bool = False) -> dict:
         run.forward, run.backward, run.iterations = fwd, bwd, it
         row = {"iteration": it, "seconds": elapsed, **{k: float(v.detach()) for k, v in terms.items()},
                "start": start, "diverged": diverged}
+        if change is not None:
+            row["map_change_mm"] = math.nan if change.last is None else change.last
         if record_tre and pair.has_landmarks:
             for est in ("cycle", "forward"):
                 stats = target_registration_error(run.transform_points(pair.fixed_landmarks, est), pair.moving_landmarks)
@@ -495,7 +557,16 @@ def register(
             else:
                 record(it - 1, previous[2], diverged=True)
             iterations = it - 1
+            run.settings["stopped"] = {"reason": "diverged", "iteration": iterations}
             break
+        t_check = time.perf_counter()
+        converged = stepping and change is not None and change.check(it, fwd)
+        elapsed += time.perf_counter() - t_check if change is not None else 0.0
+        if converged:  # the state after `it` steps is the result: record it, take no more steps
+            stepping, iterations = False, it
+            records.add(it)
+            run.settings["stopped"] = {"reason": "converged", "iteration": it, "map_change_mm": change.last,
+                                       "tolerance_mm": settings.stop.tolerance_mm, "window": settings.stop.window}
         # record BEFORE this iteration's update: the state after exactly `it` steps
         if it in records:  # loss terms were evaluated at exactly that state
             row = record(it, terms)
@@ -514,6 +585,8 @@ def register(
             optimiser.step()
             elapsed += step_seconds + time.perf_counter() - t_step
             bar.update(1)
+        if converged:
+            break
     bar.close()
     run.forward = [p.detach() for p in fwd]
     run.backward = [p.detach() for p in bwd]
