@@ -117,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "identity map, faster to a given TRE), 'random' (the published Sitzmann start) or a "
                           "Reptile template / REINDIR model saved by reindir_nb (default identity)")
     reg.add_argument("--iterations", type=_nonnegative_int, metavar="N",
-                     help="the most optimisation steps (default: the profile's; 0 = the initialisation only); "
-                          "the run stops before when the map has converged (see --stop-tolerance)")
+                     help="the most optimisation steps (default: the profile's max_iterations, demo 300; 0 = the "
+                          "initialisation only); the run stops before when the map has converged (--stop-tolerance)")
     reg.add_argument("--stop-tolerance", type=_positive_mm, default=Convergence.tolerance_mm, metavar="MM",
-                     help="stop when the 95th percentile of how far the map moved probe points over the last "
-                          f"{Convergence.window} steps stays below MM (default {Convergence.tolerance_mm:g})")
+                     help="the convergence stop: every 5 steps the map change (95th percentile of how far probe "
+                          f"points in the fixed lung moved over the last {Convergence.window} steps) is measured; "
+                          f"the run stops when it has not fallen {100 * Convergence.min_improvement:g} %% below its "
+                          f"best for {Convergence.patience} checks, or at once below MM "
+                          f"(default {Convergence.tolerance_mm:g}); never before step {Convergence.min_steps}")
     reg.add_argument("--no-stop", action="store_true", help="run every one of --iterations steps (no convergence stop)")
     reg.add_argument("--record-every", type=_positive_int, metavar="N",
                      help="steps between the rows of history.csv (default: the profile's)")
@@ -412,7 +415,8 @@ def _register_command(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     stop = None if args.no_stop else Convergence(tolerance_mm=args.stop_tolerance)
-    run = rn.register(prepared, init=init, iterations=args.iterations, seed=args.seed, device=device,
+    iterations = profile.max_iterations if args.iterations is None else args.iterations
+    run = rn.register(prepared, init=init, iterations=iterations, seed=args.seed, device=device,
                       prealign="none" if matrix is None else np.asarray(matrix, dtype=np.float64),
                       settings=RegisterSettings(profile=profile.name, stop=stop, record_every=args.record_every),
                       progress=not args.quiet)
@@ -468,9 +472,12 @@ def _summary(args: argparse.Namespace, report: dict) -> None:
     tre = (f"TRE {lm['initial']['mean']:.2f} -> {lm['final_cycle']['mean']:.2f} mm (cycle), "
            f"{lm['final_forward']['mean']:.2f} mm (forward); " if lm else "")
     stopped = report["run_settings"]["stopped"]
-    why = {"converged": f"converged (map change {stopped.get('map_change_mm', float('nan')):.3f} mm < "
-                        f"{stopped.get('tolerance_mm', float('nan')):g} mm)",
-           "iterations": "the --iterations maximum", "diverged": "diverged"}[stopped["reason"]]
+    why = {"iterations": "the --iterations maximum", "diverged": "diverged"}.get(stopped["reason"])
+    if why is None:
+        rule = stopped["rule"]
+        why = (f"converged (map change {stopped['map_change_mm']:.3f} mm over {rule['window']} steps, best "
+               f"{stopped['best_map_change_mm']:.3f} mm, no {100 * rule['min_improvement']:g} % improvement "
+               f"in {rule['patience'] * rule['check_every']} steps)")
     print(f"{PROG}: {tre}folding {report['deformation']['pct_folded']:.3f} %; stopped after {report['iterations']} "
           f"steps: {why}; {report['timings']['total_seconds']:.1f} s in all; outputs in {args.out}"
           + (" (DIVERGED: see report.json)" if report["diverged"] else ""))

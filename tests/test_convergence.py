@@ -29,6 +29,7 @@ def test_a_converged_run_stops_and_equals_the_fixed_length_run_of_its_steps(pair
     assert 10 <= n < 60 and n % 5 == 0
     info = stopped.settings["stopped"]
     assert info["reason"] == "converged" and info["iteration"] == n and info["map_change_mm"] < 5.0
+    assert info["rule"]["tolerance_mm"] == 5.0 and info["best_map_change_mm"] > 0
     assert int(stopped.history["iteration"].iloc[-1]) == n
     assert stopped.history["map_change_mm"].notna().iloc[-1]
     fixed = _run(pair, n)
@@ -39,7 +40,8 @@ def test_a_converged_run_stops_and_equals_the_fixed_length_run_of_its_steps(pair
 
 
 def test_a_tight_tolerance_runs_to_the_maximum(pair):
-    rule = Convergence(tolerance_mm=1e-9, window=10, check_every=5, min_steps=0, probes=128)
+    rule = Convergence(tolerance_mm=1e-9, min_improvement=0.0, patience=100, window=10, check_every=5, min_steps=0,
+                       probes=128)
     run = _run(pair, 20, rule)
     assert run.iterations == 20 and run.settings["stopped"]["reason"] == "iterations"
     changes = run.history["map_change_mm"].dropna()
@@ -53,9 +55,27 @@ def test_the_map_change_is_in_mm_and_zero_for_a_frozen_map(pair):
     assert run.iterations == 15 and run.settings["stopped"]["map_change_mm"] < 1e-3
 
 
+def test_the_plateau_rule_by_hand():
+    """Stops after ``patience`` checks without a 10 % improvement on the best change, or below the
+    tolerance; never before min_steps; a change that keeps falling runs on."""
+    from reindir_nb.inr.convergence import Plateau
+
+    rule = Convergence(min_improvement=0.1, patience=2, tolerance_mm=0.01, min_steps=20)
+    plateau = Plateau(rule)
+    decisions = [plateau.update(step, change) for step, change in
+                 ((10, 2.0), (15, 1.0), (20, 0.5), (25, 0.48), (30, 0.52))]
+    assert decisions == [False, False, False, False, True]
+    falling = Plateau(rule)
+    assert not any(falling.update(5 * i, 2.0 * 0.8 ** i) for i in range(1, 20))  # still above the tolerance
+    early = Plateau(rule)
+    assert [early.update(s, 0.001) for s in (10, 15, 20)] == [False, False, True]  # below the tolerance
+
+
 def test_convergence_rules_are_checked():
     with pytest.raises(ValueError, match="tolerance_mm"):
         Convergence(tolerance_mm=0.0)
+    with pytest.raises(ValueError, match="min_improvement"):
+        Convergence(min_improvement=1.0)
     with pytest.raises(ValueError, match="multiple of check_every"):
         Convergence(window=12, check_every=5)
     with pytest.raises(TypeError, match="Convergence"):

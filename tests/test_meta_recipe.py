@@ -90,12 +90,12 @@ def test_swap_probability_swaps_that_share_of_tasks(cohorts, monkeypatch):
     monkeypatch.setattr(Problem, "from_pair", staticmethod(spy))
     for p, expected in ((0.0, 0.0), (1.0, 1.0)):
         seen.clear()
-        trainer = _trainer("reptile", cohorts, swap_probability=p)
+        trainer = _trainer("reptile", cohorts, swap_probability=p, inner_steps=1, inner_points=64)
         for _ in range(2):
             trainer.outer_step()
         assert len(seen) == 4 and np.mean(seen) == expected
     seen.clear()
-    trainer = _trainer("reptile", cohorts, swap_probability=0.5)
+    trainer = _trainer("reptile", cohorts, swap_probability=0.5, inner_steps=1, inner_points=64)
     for _ in range(20):
         trainer.outer_step()
     assert 0.2 < np.mean(seen) < 0.8

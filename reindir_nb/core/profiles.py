@@ -18,6 +18,7 @@ class Profile:
     cohort_size: int                  # phantom pairs per style
     points_per_step: int              # test-time INR batch (paper: 10000)
     iterations: int                   # default test-time iterations for ``register``
+    max_iterations: int               # the most steps ``reindir-nb register`` runs (it stops when converged)
     record_every: int                 # history/snapshot interval of ``register``
     inner_steps: int                  # meta-training inner SGD steps (paper: 10)
     inner_points: int                 # meta-training INR batch (paper: 5000)
@@ -51,6 +52,7 @@ _TABLE: dict[str, tuple] = {
     "cohort_size":            (4,               20,              100),
     "points_per_step":        (2000,            5000,            10000),
     "iterations":             (20,              150,             2500),
+    "max_iterations":         (20,              300,             2500),
     "record_every":           (5,               25,              25),
     "inner_steps":            (3,               10,              10),
     "inner_points":           (1000,            2000,            5000),

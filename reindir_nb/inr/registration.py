@@ -250,13 +250,18 @@ class RegistrationRun:
         """det of the spatial Jacobian of the whole fixed->moving map (pre-alignment included),
         on the fixed grid or ``grid`` (any grid in fixed world space; unitless, <= 0: folding)."""
         fwd, _ = self.params_at(iteration)
-        key = (grid, self.prealign_matrix.tobytes(),  # the params' sums: any change to them (also in place) is seen
-               tuple(float(p.detach().double().sum()) for p in fwd), tuple(float(p.detach().abs().sum()) for p in fwd))
+        key = self._det_key(grid, iteration)
         if self._det_cache.get("key") != key:
             det = self._det_at(fwd, self._inr_points(self._grid_points(grid)))
-            self._det_cache.clear()
             self._det_cache.update(key=key, det=det)
         return self._fixed_volume(self._det_cache["det"].copy(), "det J", grid)
+
+    def _det_key(self, grid: Grid | None, iteration: int | None) -> tuple:
+        """What a cached det J map depends on: the grid, the pre-alignment and the forward params
+        (their sums: any change to them, also in place, is seen)."""
+        fwd, _ = self.params_at(iteration)
+        return (grid, self.prealign_matrix.tobytes(), tuple(float(p.detach().double().sum()) for p in fwd),
+                tuple(float(p.detach().abs().sum()) for p in fwd))
 
     @torch.no_grad()
     def jacobian_determinant_at(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
@@ -276,17 +281,29 @@ class RegistrationRun:
         return self._fixed_volume(self.point_uncertainty(self._grid_points(grid), iteration),
                                   "cycle uncertainty (mm)", grid)
 
-    def _in_mask(self, values: np.ndarray) -> np.ndarray:
+    def _det_in_mask(self, iteration: int | None) -> np.ndarray:
+        """det J at the fixed-mask voxels (every voxel without a mask): the networks are evaluated
+        there only, unless the whole map of this state is already computed."""
         mask = self.pair.fixed_mask
-        return values[mask.array > 0] if mask is not None else values.ravel()
+        if mask is None:
+            return self.jacobian_determinant(iteration).array.ravel()
+        inside = mask.array > 0
+        key = self._det_key(None, iteration)
+        if self._det_cache.get("key") == key:
+            return self._det_cache["det"].reshape(inside.shape)[inside]
+        if self._det_cache.get("mask_key") != key:
+            fwd, _ = self.params_at(iteration)
+            points = self.pair.fixed.grid.voxel_centres_world()[inside]
+            self._det_cache.update(mask_key=key, mask_det=self._det_at(fwd, self._inr_points(points)))
+        return self._det_cache["mask_det"]
 
     def folding_fraction(self, iteration: int | None = None) -> float:
         """Fraction of fixed-mask voxels (all voxels without a mask) with det J <= 0."""
-        return deformation_statistics(self._in_mask(self.jacobian_determinant(iteration).array))["pct_folded"] / 100.0
+        return deformation_statistics(self._det_in_mask(iteration))["pct_folded"] / 100.0
 
     def std_log_jacobian(self, iteration: int | None = None) -> float:
         """std of log(det J) over the fixed mask (det clipped at 1e-9, as the standard metric)."""
-        return deformation_statistics(self._in_mask(self.jacobian_determinant(iteration).array))["std_log_jac"]
+        return deformation_statistics(self._det_in_mask(iteration))["std_log_jac"]
 
 
 # ------------------------------------------------------------------------------- register
@@ -526,6 +543,7 @@ def register(
                "start": start, "diverged": diverged}
         if change is not None:
             row["map_change_mm"] = math.nan if change.last is None else change.last
+            row["map_change_mean_mm"] = math.nan if change.last_mean is None else change.last_mean
         if record_tre and pair.has_landmarks:
             for est in ("cycle", "forward"):
                 stats = target_registration_error(run.transform_points(pair.fixed_landmarks, est), pair.moving_landmarks)
@@ -566,7 +584,7 @@ def register(
             stepping, iterations = False, it
             records.add(it)
             run.settings["stopped"] = {"reason": "converged", "iteration": it, "map_change_mm": change.last,
-                                       "tolerance_mm": settings.stop.tolerance_mm, "window": settings.stop.window}
+                                       "best_map_change_mm": change.plateau.best, "rule": vars(settings.stop)}
         # record BEFORE this iteration's update: the state after exactly `it` steps
         if it in records:  # loss terms were evaluated at exactly that state
             row = record(it, terms)
