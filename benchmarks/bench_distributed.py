@@ -42,7 +42,8 @@ def _settings(size: str, steps: int, tasks_per_set: int) -> dict:
 
 
 def _train(kind: str, cohorts, size: str, settings: dict, log: Path, distributed: bool):
-    extra = {"encoder_update": "averaged"} if kind == "reindir" else {}
+    # REINDIR: the from-scratch recipe (its inner loop is what the ranks share; warm_start=False)
+    extra = {"encoder_update": "averaged", "warm_start": False} if kind == "reindir" else {}
     train = meta.train_reptile if kind == "reptile" else meta.train_reindir
     return train(cohorts, size, log_path=log, distributed=distributed, **settings, **extra)
 

@@ -171,3 +171,16 @@ def test_library_text_cites_no_benchmark_results():
     """Docstrings and comments say what the code does; what was measured lives in docs/results.md."""
     cites = [str(p.relative_to(PACKAGE.parent)) for p in _modules() if "benchmarks/results" in p.read_text()]
     assert not cites, cites
+
+
+def test_profiles_come_from_their_file_and_bad_files_are_named(tmp_path):
+    from reindir_nb.core.profiles import PROFILES, read_profiles
+
+    assert set(PROFILES) == {"smoke", "demo", "paper"}
+    demo = PROFILES["demo"]
+    assert demo.patch_size == (64, 64, 64) and demo.elastix_budget == (250, 2) and demo.max_iterations == 300
+    assert PROFILES["paper"].elastix_budget is None and PROFILES["paper"].outer_steps == 22750
+    bad = tmp_path / "p.toml"
+    bad.write_text("[tiny]\nspacing_mm = 8.0\nspacing = 3\n")
+    with pytest.raises(ValueError, match=r"p.toml \[tiny\]: unknown fields \['spacing'\], missing fields"):
+        read_profiles(bad)

@@ -3,9 +3,16 @@ the paper's Appendix A settings). Every notebook and entry point takes a profile
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import MISSING, dataclass, fields, replace
+from pathlib import Path
 
-__all__ = ["Profile", "PROFILES", "get_profile"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Profile", "PROFILES", "PROFILES_FILE", "get_profile", "read_profiles"]
 
 
 @dataclass(frozen=True)
@@ -41,36 +48,29 @@ class Profile:
         return replace(self, **changes)
 
 
-# The profiles side by side, one row per Profile field. demo is the main job on 2 CPU cores, each
-# notebook's budget sized to what it teaches (the timings and measurements behind these numbers are
-# in docs/results.md); paper is the paper's Appendix A / Table 2.
-_NAMES = ("smoke", "demo", "paper")
-_TABLE: dict[str, tuple] = {
-    #                          smoke            demo             paper
-    "spacing_mm":             (8.0,             4.0,             1.0),
-    "patch_size":             ((32, 32, 32),    (64, 64, 64),    (336, 288, 366)),
-    "cohort_size":            (4,               20,              100),
-    "points_per_step":        (2000,            5000,            10000),
-    "iterations":             (20,              150,             2500),
-    "max_iterations":         (20,              300,             2500),
-    "record_every":           (5,               25,              25),
-    "inner_steps":            (3,               10,              10),
-    "inner_points":           (1000,            2000,            5000),
-    "outer_steps":            (3,               150,             22750),
-    "encoder_width":          (2,               6,               6),
-    "embedding_length":       (65,              1025,            1025),
-    "seeds":                  (2,               2,               10),
-    "folds":                  (2,               5,               5),
-    "eval_iterations":        ((0, 5, 10),      (0, 10, 25),     (0, 25, 100, 250)),
-    "held_out_per_style":     (1,               1,               5),
-    "voxelmorph_epochs":      (1,               3,               200),
-    "elastix_budget":         ((50, 1),         (250, 2),        None),
-    "bending_points_per_step": (500,            2000,            None),
-    "propagation":            ((2, 1, 10),      (2, 1, 50),      (10, 5, 2500)),
-}
-PROFILES: dict[str, Profile] = {
-    name: Profile(name=name, **{field: row[i] for field, row in _TABLE.items()}) for i, name in enumerate(_NAMES)
-}
+PROFILES_FILE = Path(__file__).with_name("profiles.toml")
+
+
+def read_profiles(path: str | Path = PROFILES_FILE) -> dict[str, Profile]:
+    """The profiles of a TOML file: one table per profile, the :class:`Profile` fields in it
+    (lists become tuples; a missing optional field keeps its default). An unknown or missing
+    field is a ValueError naming the file and the profile."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        tables = tomllib.load(fh)
+    known = {f.name for f in fields(Profile)} - {"name"}
+    required = {f.name for f in fields(Profile) if f.default is MISSING} - {"name"}
+    out = {}
+    for name, table in tables.items():
+        unknown, missing = sorted(set(table) - known), sorted(required - set(table))
+        if unknown or missing:
+            raise ValueError(f"{path} [{name}]: unknown fields {unknown}, missing fields {missing}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+        out[name] = Profile(name=name, **values)
+    return out
+
+
+PROFILES: dict[str, Profile] = read_profiles()
 
 
 def get_profile(profile: "str | Profile") -> Profile:
