@@ -15,8 +15,10 @@ from reindir_nb import evaluate
 
 @pytest.mark.slow
 def test_notebook_04_smoke(tmp_path):
+    # ELASTIX=False: elastix costs ~20 s a pair even at smoke (65 of the notebook's 80 sweep seconds); the
+    # elastix peer in a sweep is tested in test_evaluate.py (test_per_fold_models_and_peers_in_one_table)
     run_notebook("04_zero_shot_vs_optimized.ipynb", tmp_path, profile="smoke", SEEDS=1, ITERATIONS=[0, 2, 4],
-                 POINTS_PER_STEP=300, BENDING_SEEDS=1, PROPAGATION_PAIRS=1)
+                 POINTS_PER_STEP=300, BENDING_SEEDS=1, PROPAGATION_PAIRS=1, ELASTIX=False)
     results = tmp_path / "results"
     table = evaluate.load_results(results / "sweep.csv")
     info = json.loads((results / "sweep_info.json").read_text())
