@@ -249,10 +249,9 @@ class RegistrationRun:
     def jacobian_determinant(self, iteration: int | None = None, grid: Grid | None = None):
         """det of the spatial Jacobian of the whole fixed->moving map (pre-alignment included),
         on the fixed grid or ``grid`` (any grid in fixed world space; unitless, <= 0: folding)."""
-        fwd, _ = self.params_at(iteration)
         key = self._det_key(grid, iteration)
         if self._det_cache.get("key") != key:
-            det = self._det_at(fwd, self._inr_points(self._grid_points(grid)))
+            det = self._det_at(self._inr_points(self._grid_points(grid)), iteration)
             self._det_cache.update(key=key, det=det)
         return self._fixed_volume(self._det_cache["det"].copy(), "det J", grid)
 
@@ -267,14 +266,11 @@ class RegistrationRun:
     def jacobian_determinant_at(self, points_mm: np.ndarray, iteration: int | None = None) -> np.ndarray:
         """det J of the whole map (pre-alignment included) at fixed world points (N, 3) mm, e.g.
         the lung-mask voxels only: what a statistic inside the mask needs, without the rest."""
-        fwd, _ = self.params_at(iteration)
-        return self._det_at(fwd, self._inr_points(np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)))
+        return self._det_at(self._inr_points(np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)), iteration)
 
-    def _det_at(self, fwd: Params, x: Tensor) -> np.ndarray:
-        eye = torch.eye(3, dtype=x.dtype, device=x.device)
-        dets = [torch.linalg.det(eye + derivatives.jacobian(fwd, xs, self.siren_config.omega)[1])
-                for xs in torch.split(x, FIELD_CHUNK)]
-        return torch.cat(dets).double().cpu().numpy() * self._prealign_det
+    def _det_at(self, x: Tensor, iteration: int | None) -> np.ndarray:
+        """det J of the whole map (pre-alignment included) at fixed INR points x (N, 3)."""
+        return self._estimates(x, iteration, backward=False, det=True)[2].double().cpu().numpy() * self._prealign_det
 
     def uncertainty(self, iteration: int | None = None, grid: Grid | None = None):
         """Cycle-uncertainty map (mm) on the fixed grid or ``grid``."""
@@ -292,9 +288,8 @@ class RegistrationRun:
         if self._det_cache.get("key") == key:
             return self._det_cache["det"].reshape(inside.shape)[inside]
         if self._det_cache.get("mask_key") != key:
-            fwd, _ = self.params_at(iteration)
             points = self.pair.fixed.grid.voxel_centres_world()[inside]
-            self._det_cache.update(mask_key=key, mask_det=self._det_at(fwd, self._inr_points(points)))
+            self._det_cache.update(mask_key=key, mask_det=self._det_at(self._inr_points(points), iteration))
         return self._det_cache["mask_det"]
 
     def folding_fraction(self, iteration: int | None = None) -> float:

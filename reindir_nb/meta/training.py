@@ -42,7 +42,7 @@ from .trainer import Diverged, Trainer, as_cohorts, patch_shapes, reptile_step, 
 __all__ = [
     "ReptileTemplate", "ReindirModel", "TrainSettings", "Architecture", "Recipe", "profile_recipes",
     "train_reptile", "train_reindir", "train_folds", "reptile_update", "reptile_step", "load", "save_atomic",
-    "TrainingFiles", "Monitor", "HeldOut", "Diverged", "FORMAT_VERSION",
+    "TrainingFiles", "Monitor", "Diverged", "FORMAT_VERSION",
 ]
 
 
@@ -86,8 +86,6 @@ class Monitor:
         if not all(p.has_landmarks for p in self.heldout):
             raise ValueError("held-out pairs must have landmarks (their zero-shot TRE is what is logged)")
 
-
-HeldOut = Monitor  # older name (a monitor with held-out pairs)
 
 # the older keyword arguments of train_reptile / train_reindir, and where they now live
 _FILES_KEYS = {"checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every", "log_path": "log", "resume": "resume"}
